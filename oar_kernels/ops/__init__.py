@@ -1,0 +1,1 @@
+"""The drop-in public ops: input checks at the boundary, then a Triton or torch backend."""

@@ -1,0 +1,52 @@
+"""oar.bilevel_reshape: token importance scores -> OAR weights (OAR_SPEC.md section 5)."""
+from __future__ import annotations
+
+import torch
+
+from .._checks import FLOAT_DTYPES, check_mask, check_number, check_tensor
+from ..reference.bilevel import bilevel_reshape_reference
+from ._dispatch import resolve_backend
+
+
+def bilevel_reshape(
+    scores: torch.Tensor,
+    mask: torch.Tensor,
+    tau: float = 0.25,
+    beta: float = 1.0,
+    floor: float = 0.1,
+    sum_to_len: bool = True,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Bi-Level reshaping of per-token importance scores into advantage weights.
+
+    Per row b, over its R masked positions (the reasoning tokens):
+        s = log1p(max(I, 0)); n = min-max normalised s; q = quantile(n, tau) (linear);
+        w = max(n / q, floor) below q (suppression), 1 + beta (n - q) / (1 - q) at or above
+        (boosting); then, if sum_to_len, w *= R / sum(w), so the row's mean weight is 1.
+
+    Args:
+        scores: [B, T] importance scores I_t, any float dtype; must be finite where mask is True.
+        mask: [B, T] bool, True at the positions to reshape (reasoning tokens).
+        tau: quantile level in [0, 1] separating suppressed from boosted tokens.
+        beta: boost strength, >= 0.
+        floor: smallest weight a suppressed token gets before rescaling, in [0, 1].
+        sum_to_len: rescale each row to sum to its number of masked positions.
+        backend: "auto" (Triton on CUDA, torch elsewhere), "triton" or "torch".
+
+    Returns:
+        weights [B, T] float32, exactly 1.0 wherever mask is False (rows with R = 0 are all 1).
+    """
+    check_tensor("scores", scores, ndim=2, dtypes=FLOAT_DTYPES)
+    check_mask("mask", mask, scores, "scores")
+    check_number("tau", tau, lo=0.0, hi=1.0)
+    check_number("beta", beta, lo=0.0)
+    check_number("floor", floor, lo=0.0, hi=1.0)
+    if not isinstance(sum_to_len, bool):
+        raise ValueError(f"sum_to_len: expected a bool, got {sum_to_len!r}")
+    if mask.any() and not torch.isfinite(scores[mask]).all():
+        raise ValueError("scores: contains NaN or Inf at masked positions")
+    if resolve_backend(backend, scores) == "triton":
+        from ..kernels.bilevel import bilevel_reshape_triton
+
+        return bilevel_reshape_triton(scores, mask, tau, beta, floor, sum_to_len)
+    return bilevel_reshape_reference(scores, mask, tau, beta, floor, sum_to_len)

@@ -1,0 +1,1 @@
+"""`python -m oar_kernels.train`: GRPO / OAR-G / OAR-P end to end."""

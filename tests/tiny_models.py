@@ -1,0 +1,171 @@
+"""Tiny, fully in-process models, tokenizer and segments for the tests.
+
+Nothing here touches a model hub: the tokenizer is trained with the `tokenizers` library on
+a generated corpus of arithmetic word problems, and the models are randomly initialised from
+a config. Shared by every test file; the API is kept small and stable:
+
+    make_tokenizer()                      -> PreTrainedTokenizerFast (cached per process)
+    make_model(arch, vocab_size, ...)     -> Qwen2ForCausalLM / LlamaForCausalLM, eval mode
+    make_segments(tokenizer, n, seed)     -> list of ragged Segments
+
+Token ids of the trained tokenizer are stable within a process; tests must not hard-code
+them (ask the tokenizer instead). Special tokens: <pad>, <eos>, <bos>.
+"""
+from __future__ import annotations
+
+import functools
+import random
+from typing import List
+
+import torch
+
+from oar_kernels.segments import DEFAULT_CONCLUDE_TEXT, Segments
+
+PAD, EOS, BOS = "<pad>", "<eos>", "<bos>"
+
+_NAMES = ["Tom", "Anna", "Sam", "Lily", "Ben", "Maria", "Ravi", "Chen"]
+_ITEMS = ["apples", "books", "coins", "marbles", "pencils", "cookies", "stamps", "cards"]
+_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+def _problem(rng: random.Random):
+    """(question, worked solution, answer string) for one random arithmetic problem."""
+    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    a, b = rng.randint(1, 99), rng.randint(1, 99)
+    op = rng.choice(["+", "-", "*", "/"])
+    if op == "/":
+        a = a * b  # exact division keeps answers integral
+        ans = str(a // b)
+        q = f"{name} has {a} {item} and shares them equally among {b} friends. How many {item} does each friend get?"
+        steps = f"Each friend gets {a} / {b} = {ans} {item}."
+    else:
+        ans = str(_OPS[op](a, b))
+        verb = {"+": "finds", "-": "gives away", "*": "has boxes of"}[op]
+        q = f"{name} has {a} {item} and {verb} {b} more. How many {item} are there now?"
+        steps = f"We compute {a} {op} {b} = {ans}. So there are {ans} {item}."
+    if rng.random() < 0.2:
+        ans = f"{ans}.5"  # decimals appear in answers too
+    style = rng.randrange(3)
+    if style == 0:
+        sol = f"{steps}\nThe answer is {ans}."
+    elif style == 1:
+        sol = f"{steps}\n#### {ans}"
+    else:
+        sol = f"{steps} Therefore, the final answer is \\boxed{{{ans}}}."
+    return q, sol, ans
+
+
+def _corpus(n: int = 1500, seed: int = 1234) -> List[str]:
+    rng = random.Random(seed)
+    lines = [DEFAULT_CONCLUDE_TEXT, "Let us think step by step.", "The answer is", "####", "\\boxed{}"]
+    for _ in range(n):
+        q, sol, _ = _problem(rng)
+        lines += [q, sol]
+    # Every digit and operator on its own, so any number can be spelled.
+    lines += [" ".join("0123456789+-*/=().,{}\\$")]
+    return lines
+
+
+@functools.lru_cache(maxsize=None)
+def make_tokenizer(vocab_size: int = 512):
+    """A byte-level BPE PreTrainedTokenizerFast trained in-process (cached per process).
+
+    Byte-level pre-tokenization and decoding make decode(encode(text)) == text exactly, which
+    the segment tests rely on. Special tokens <pad>, <eos>, <bos> get ids 0, 1, 2.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, EOS, BOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=PAD, eos_token=EOS, bos_token=BOS, clean_up_tokenization_spaces=False
+    )
+
+
+def make_model(
+    arch: str = "qwen2",
+    vocab_size: int = 512,
+    num_layers: int = 2,
+    hidden_size: int = 32,
+    heads: int = 4,
+    kv_heads: int = 2,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    max_position_embeddings: int = 256,
+):
+    """A randomly initialised causal LM ("qwen2" or "llama") in eval mode.
+
+    pad/eos/bos ids in its config are those of make_tokenizer() (0/1/2) when they fit the
+    vocabulary. Weights depend only on `seed` (the global RNG is left untouched). Initial
+    weights use std 0.2 instead of 0.02 so that a 2-layer random model has peaked enough
+    output distributions for importance scores to differ clearly from position to position.
+    Eager attention: works in float64 and is the plainest implementation.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    classes = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}
+    if arch not in classes:
+        raise ValueError(f"arch: expected one of {sorted(classes)}, got {arch!r}")
+    config_cls, model_cls = classes[arch]
+    config = config_cls(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_position_embeddings,
+        initializer_range=0.2,
+        tie_word_embeddings=False,
+        pad_token_id=0 if vocab_size > 0 else None,
+        eos_token_id=1 if vocab_size > 1 else None,
+        bos_token_id=2 if vocab_size > 2 else None,
+    )
+    config._attn_implementation = "eager"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(config)
+    return model.to(dtype).eval()
+
+
+# Conclude texts of different lengths, so that ragged batches differ in that segment too.
+_CONCLUDES = [DEFAULT_CONCLUDE_TEXT, "\nSo the answer is ", " Answer: ", "\n"]
+
+
+def make_segments(
+    tokenizer,
+    n: int,
+    seed: int = 0,
+    max_prompt: int = 10,
+    max_reasoning: int = 14,
+) -> List[Segments]:
+    """n ragged Segments built from generated problems (deterministic in `seed`).
+
+    Prompt lengths 2..max_prompt, reasoning 1..max_reasoning, conclude 1..8 tokens (one of
+    four texts), answer 1..3 tokens; every third response (i % 3 == 2) has an empty answer
+    (answer_text None), as when no answer could be extracted. Reasoning is never empty here:
+    tests of empty reasoning build their own Segments.
+    """
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        q, sol, ans = _problem(rng)
+        prompt = tokenizer.encode(q, add_special_tokens=False)[: rng.randint(2, max_prompt)]
+        reasoning = tokenizer.encode(sol, add_special_tokens=False)[: rng.randint(1, max_reasoning)]
+        conclude = tokenizer.encode(rng.choice(_CONCLUDES), add_special_tokens=False)[:8]
+        if i % 3 == 2:
+            answer, text = [], None
+        else:
+            answer = tokenizer.encode(ans, add_special_tokens=False)[: rng.randint(1, 3)]
+            text = tokenizer.decode(answer)
+        out.append(Segments(prompt, reasoning, conclude, answer, answer_text=text))
+    return out

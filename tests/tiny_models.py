@@ -101,8 +101,16 @@ def make_model(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     max_position_embeddings: int = 256,
+    exact: bool = False,
 ):
     """A randomly initialised causal LM ("qwen2" or "llama") in eval mode.
+
+    exact=False: the stock transformers model with eager attention. Note that its RMSNorm and
+    eager softmax compute in float32 whatever the model dtype, so even a float64 model is only
+    float32-accurate as a function of its input. exact=True (meant with float64) swaps in
+    sdpa attention and an RMSNorm that stays in the model dtype, making the whole forward
+    float64-accurate (finite differences, 1e-12 comparisons); the rotary tables stay float32
+    but depend on positions only.
 
     pad/eos/bos ids in its config are those of make_tokenizer() (0/1/2) when they fit the
     vocabulary. Weights depend only on `seed` (the global RNG is left untouched). Initial
@@ -134,7 +142,25 @@ def make_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_cls(config)
-    return model.to(dtype).eval()
+    model = model.to(dtype).eval()
+    if exact:
+        model.set_attn_implementation("sdpa")
+        for name, module in list(model.named_modules()):
+            if type(module).__name__.endswith("RMSNorm"):
+                model.set_submodule(name, _RMSNormInDtype(module.weight, module.variance_epsilon))
+    return model
+
+
+class _RMSNormInDtype(torch.nn.Module):
+    """RMSNorm computed in the input's dtype (transformers' upcasts to float32 and back)."""
+
+    def __init__(self, weight: torch.nn.Parameter, eps: float):
+        super().__init__()
+        self.weight = weight  # the same Parameter: state_dict keys are unchanged
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
 
 
 # Conclude texts of different lengths, so that ragged batches differ in that segment too.

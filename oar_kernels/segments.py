@@ -22,7 +22,9 @@ def _as_ids(name: str, value) -> torch.Tensor:
         t = value
     else:
         try:
-            t = torch.as_tensor(list(value), dtype=torch.long)
+            # No dtype here: forcing long would silently truncate float ids (1.5 -> 1).
+            items = list(value)
+            t = torch.as_tensor(items) if items else torch.zeros(0, dtype=torch.long)
         except (TypeError, ValueError, RuntimeError) as err:
             raise ValueError(f"{name}: expected a 1-D sequence of token ids ({err})") from None
     if t.dim() != 1:
@@ -52,6 +54,18 @@ class Segments:
     def __post_init__(self):
         for name in ("prompt_ids", "reasoning_ids", "conclude_ids", "answer_ids"):
             object.__setattr__(self, name, _as_ids(name, getattr(self, name)))
+
+    _ID_FIELDS = ("prompt_ids", "reasoning_ids", "conclude_ids", "answer_ids")
+
+    # The generated dataclass __eq__ compares tensors with `==` and raises for multi-token
+    # ids; compare (and hash) the token ids by value instead.
+    def __eq__(self, other):
+        if not isinstance(other, Segments):
+            return NotImplemented
+        return all(torch.equal(getattr(self, f), getattr(other, f)) for f in self._ID_FIELDS)
+
+    def __hash__(self):
+        return hash(tuple(tuple(getattr(self, f).tolist()) for f in self._ID_FIELDS))
 
     @property
     def num_reasoning(self) -> int:

@@ -36,6 +36,7 @@ perturb_token when neither is set.
 """
 from __future__ import annotations
 
+import numbers
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -211,15 +212,21 @@ def perturbation_importance_naive(
     if perturb_token is None:
         perturb_token = default_perturb_token(model)
     if isinstance(perturb_token, torch.Tensor) and perturb_token.numel() == 1 and not perturb_token.is_floating_point():
-        perturb_token = int(perturb_token)
-    if isinstance(perturb_token, bool) or not isinstance(perturb_token, int) or not 0 <= perturb_token < vocab:
+        perturb_token = perturb_token.item()
+    if (
+        isinstance(perturb_token, bool)
+        or not isinstance(perturb_token, numbers.Integral)
+        or not 0 <= int(perturb_token) < vocab
+    ):
         raise ValueError(f"perturb_token: expected a token id in [0, {vocab}), got {perturb_token!r}")
+    perturb_token = int(perturb_token)
     with_answer = mode != "last"
     _check_lengths(model, segments, with_answer, vocab)
     device = emb.weight.device
     scores, mask = _empty_output(segments, device)
 
-    def forward(ids: torch.Tensor) -> torch.Tensor:  # [L] -> P_final of that sequence
+    def forward(ids: torch.Tensor, seg: Segments) -> torch.Tensor:
+        """[L] token ids -> log P_final [V] (KL modes) or phi [] (answer_joint)."""
         logits = model(input_ids=ids.to(device).unsqueeze(0)).logits[0]  # [L, V]
         return p_final(logits, seg, mode)
 
@@ -228,11 +235,11 @@ def perturbation_importance_naive(
             if not _is_scored(seg, mode):
                 continue
             seq = seg.sequence(with_answer)
-            clean = forward(seq)
+            clean = forward(seq, seg)
             for t in range(seg.num_reasoning):
                 perturbed = seq.clone()
                 perturbed[seg.reasoning_start + t] = perturb_token
-                pert = forward(perturbed)
+                pert = forward(perturbed, seg)
                 if mode == "answer_joint":
                     value = clean - pert
                 else:
@@ -291,9 +298,10 @@ def gradient_importance_naive(
     with_answer = mode != "last"
     _check_lengths(model, segments, with_answer, vocab)
     device, dtype = emb.weight.device, emb.weight.dtype
-    scores, mask = _empty_output(segments, device)
 
-    with _EvalMode(model):
+    # inference_mode(False): a caller's inference_mode would otherwise make autograd impossible.
+    with _EvalMode(model), torch.inference_mode(False):
+        scores, mask = _empty_output(segments, device)
         for b, seg in enumerate(segments):
             if not _is_scored(seg, mode):
                 continue

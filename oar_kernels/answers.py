@@ -31,7 +31,7 @@ AnswerExtractor = Callable[[str], Optional[AnswerSpan]]
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _HASHES = re.compile(r"####[ \t]*")
 _ANSWER_IS = re.compile(
-    r"(?:the\s+)?(?:final\s+)?answer\s*(?:is\s*[:=]?|[:=])[ \t]*", re.IGNORECASE
+    r"\b(?:the\s+)?(?:final\s+)?answer\s*(?:is\b\s*[:=]?|[:=])[ \t]*", re.IGNORECASE
 )
 # Trailing decoration that is not part of the answer: sentence period, math delimiters.
 _TRAILING = " \t.$\\]*"

@@ -236,3 +236,12 @@ def test_segments_compare_by_token_ids():
     c = Segments([1, 2], [3], [4, 5], [6, 7])  # same concatenation, different split
     assert a == b and hash(a) == hash(b)
     assert a != c and len({a, b, c}) == 2
+
+
+def test_answer_is_needs_word_boundaries():
+    from oar_kernels.answers import extract_answer
+
+    assert extract_answer("so the answer isn't clear") is None
+    assert extract_answer("the answers: unclear") is None
+    span = extract_answer("I think. The answer isn't 3. The answer is 4.")
+    assert span is not None and span.text == "4"

@@ -1,0 +1,5 @@
+"""Raw Triton kernels and their launch helpers (no autograd, no model code).
+
+Import a kernel module only after TRITON_INTERPRET is settled: on a CPU-only machine the
+interpreter must be switched on before the first import (tests/conftest.py does this).
+"""

@@ -1,0 +1,271 @@
+"""Triton kernels for LM-head log-probs: log softmax((h @ W.T + b) / temperature)[target].
+
+Three kernels, no autograd (that lives in oar_kernels/ops/fused_linear_logprob.py):
+
+* `_fused_fwd_kernel`: the fully fused forward. Each program owns BLOCK_N rows and one slice
+  of the vocabulary; it forms logits tile by tile with tl.dot (fp32 accumulation), keeps an
+  online max / sum-exp (and sum p*z for the entropy) and picks the target logit. Logits are
+  never written. Partial statistics of the vocabulary slices are merged in torch ([S, N]).
+* `_chunk_stats_kernel`: the same statistics from an already materialized fp32 logits chunk
+  [n, V] (one program per row, looping over V). Used where the logits chunk must exist anyway
+  (the GRPO forward, which turns the same chunk into gradients).
+* `_chunk_dlogits_kernel`: d loss / d logits for a logits chunk, given each row's log-sum-exp,
+  d loss / d logp (and d loss / d entropy): g * (onehot - p) - g_H * p * (log p + H), / T.
+
+Why the backward materializes a [chunk, V] block instead of being one Triton kernel: d hidden
+needs a [BLOCK_N, D] accumulator (D = 2048 does not fit in registers) and d weight a sum over
+all rows; tiling D would recompute the logits D / BLOCK_D times, and fp32 atomics on dW would
+move N * V * D * 4 * (1/BLOCK_N + 1/BLOCK_V) bytes. A row chunk of logits (a few hundred MB at
+V = 152k) lets cuBLAS do the two big GEMMs at full rate, and the softmax-gradient pass here is
+one read and one write of the chunk.
+
+Every program index lives on grid axis 0 (limit 2**31 - 1), so no vocabulary or sequence size
+can overflow the 65535 limit of axes 1 and 2. All arithmetic is fp32: inputs are upcast right
+after loading (Triton's interpreter computes bf16 arithmetic wrongly; on a GPU the 16-bit
+tiles go straight into tl.dot, which accumulates in fp32).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@triton.jit
+def _fused_fwd_kernel(
+    H, W, BIAS, TGT,
+    OUT_M, OUT_S, OUT_ST, OUT_TGT,
+    N, V, D, stride_hn, stride_wv,
+    n_row_blocks, v_per_split, inv_t,
+    HAS_BIAS: tl.constexpr, ENTROPY: tl.constexpr, UPCAST: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rb = pid % n_row_blocks
+    split = pid // n_row_blocks
+    rows = rb * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    rows64 = rows.to(tl.int64)
+    tgt = tl.load(TGT + rows64, mask=rmask, other=0).to(tl.int64)
+
+    v_lo = split * v_per_split
+    v_hi = tl.minimum(v_lo + v_per_split, V)
+    m = tl.full([BLOCK_N], float("-inf"), tl.float32)
+    s = tl.zeros([BLOCK_N], tl.float32)
+    st = tl.zeros([BLOCK_N], tl.float32)
+    zt = tl.zeros([BLOCK_N], tl.float32)
+    for v0 in range(v_lo, v_hi, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V)
+        cmask = cols < v_hi
+        cols64 = cols.to(tl.int64)
+        acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            dk = d0 + tl.arange(0, BLOCK_D)
+            dmask = dk < D
+            h = tl.load(H + rows64[:, None] * stride_hn + dk[None, :],
+                        mask=rmask[:, None] & dmask[None, :], other=0.0)
+            w = tl.load(W + cols64[None, :] * stride_wv + dk[:, None],
+                        mask=cmask[None, :] & dmask[:, None], other=0.0)
+            if UPCAST:
+                h = h.to(tl.float32)
+                w = w.to(tl.float32)
+            acc = tl.dot(h, w, acc, input_precision=INPUT_PRECISION)
+        if HAS_BIAS:
+            b = tl.load(BIAS + cols64, mask=cmask, other=0.0).to(tl.float32)
+            acc = acc + b[None, :]
+        z = acc * inv_t
+        z = tl.where(cmask[None, :], z, float("-inf"))
+        m_new = tl.maximum(m, tl.max(z, axis=1))
+        alpha = tl.exp(m - m_new)
+        p = tl.exp(z - m_new[:, None])
+        s = s * alpha + tl.sum(p, axis=1)
+        if ENTROPY:
+            st = st * alpha + tl.sum(p * tl.where(cmask[None, :], z, 0.0), axis=1)
+        hit = (cols64[None, :] == tgt[:, None]) & cmask[None, :]
+        zt += tl.sum(tl.where(hit, z, 0.0), axis=1)
+        m = m_new
+    out = split * N + rows64
+    tl.store(OUT_M + out, m, mask=rmask)
+    tl.store(OUT_S + out, s, mask=rmask)
+    tl.store(OUT_TGT + out, zt, mask=rmask)
+    if ENTROPY:
+        tl.store(OUT_ST + out, st, mask=rmask)
+
+
+@triton.jit
+def _chunk_stats_kernel(
+    Z, TGT, OUT_LSE, OUT_ZT, OUT_ENT,
+    V, stride_z, inv_t,
+    ENTROPY: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    zrow = Z + row * stride_z
+    m = tl.full([BLOCK_V], float("-inf"), tl.float32)  # per-lane online stats, merged at the end
+    s = tl.zeros([BLOCK_V], tl.float32)
+    st = tl.zeros([BLOCK_V], tl.float32)
+    for v0 in range(0, V, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V)
+        cmask = cols < V
+        z = tl.load(zrow + cols, mask=cmask, other=float("-inf")).to(tl.float32) * inv_t
+        m_new = tl.maximum(m, z)
+        # lanes still at -inf (only possible in the first, partial block) must not make NaN
+        alpha = tl.where(m_new == float("-inf"), 0.0, tl.exp(m - m_new))
+        p = tl.where(cmask, tl.exp(z - m_new), 0.0)
+        s = s * alpha + p
+        if ENTROPY:
+            st = st * alpha + p * tl.where(cmask, z, 0.0)
+        m = m_new
+    mx = tl.max(m, axis=0)
+    scale = tl.where(m == float("-inf"), 0.0, tl.exp(m - mx))
+    s_tot = tl.sum(s * scale, axis=0)
+    lse = mx + tl.log(s_tot)
+    tgt = tl.load(TGT + row).to(tl.int64)
+    zt = tl.load(zrow + tgt).to(tl.float32) * inv_t
+    tl.store(OUT_LSE + row, lse)
+    tl.store(OUT_ZT + row, zt)
+    if ENTROPY:
+        tl.store(OUT_ENT + row, lse - tl.sum(st * scale, axis=0) / s_tot)
+
+
+@triton.jit
+def _chunk_dlogits_kernel(
+    Z, DZ, TGT, LSE, GLP, GENT, ENT,
+    V, stride_z, stride_dz, inv_t,
+    ENTROPY: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    tgt = tl.load(TGT + row).to(tl.int64)
+    lse = tl.load(LSE + row).to(tl.float32)
+    g = tl.load(GLP + row).to(tl.float32)
+    if ENTROPY:
+        gh = tl.load(GENT + row).to(tl.float32)
+        ent = tl.load(ENT + row).to(tl.float32)
+    for v0 in range(0, V, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V)
+        cmask = cols < V
+        z = tl.load(Z + row * stride_z + cols, mask=cmask, other=0.0).to(tl.float32) * inv_t
+        logp = z - lse
+        p = tl.exp(logp)
+        dz = tl.where(cols.to(tl.int64) == tgt, g, 0.0) - g * p
+        if ENTROPY:
+            dz -= gh * p * (logp + ent)
+        tl.store(DZ + row * stride_dz + cols, (dz * inv_t).to(DZ.dtype.element_ty), mask=cmask)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+def fused_forward(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias,
+    temperature: float,
+    entropy: bool,
+    num_splits: int | None = None,
+):
+    """Fully fused forward. Returns (target logit z_t, lse, entropy or None), each fp32 [N]
+    (logits divided by temperature). Inputs must be contiguous; targets in [0, V)."""
+    N, D = hidden.shape
+    V = weight.shape[0]
+    dev = hidden.device
+    interp = _interpreting() or not hidden.is_cuda
+    if hidden.dtype == torch.float32:
+        BLOCK_N, BLOCK_V, BLOCK_D, warps = 32, 64, 32, 4
+    else:
+        BLOCK_N, BLOCK_V, BLOCK_D, warps = 64, 128, 64, 4
+    if interp:
+        BLOCK_N, BLOCK_V, BLOCK_D, warps = 16, 32, 16, 1
+    n_row_blocks = triton.cdiv(N, BLOCK_N)
+    n_vblocks = triton.cdiv(V, BLOCK_V)
+    if num_splits is None:
+        # split the vocabulary when there are too few row blocks to fill the GPU
+        num_splits = max(1, min(n_vblocks, triton.cdiv(2 * _num_sms(dev), n_row_blocks)))
+    num_splits = max(1, min(int(num_splits), n_vblocks))
+    v_per_split = triton.cdiv(n_vblocks, num_splits) * BLOCK_V
+    num_splits = triton.cdiv(V, v_per_split)
+
+    f32 = torch.float32
+    part_m = torch.empty((num_splits, N), device=dev, dtype=f32)
+    part_s = torch.empty((num_splits, N), device=dev, dtype=f32)
+    part_t = torch.empty((num_splits, N), device=dev, dtype=f32)
+    part_st = torch.empty((num_splits, N), device=dev, dtype=f32) if entropy else part_s
+    # fp32 inputs get true fp32 products (no silent TF32); 16-bit ones are exact in fp32 anyway
+    precision = "ieee"
+    grid = (n_row_blocks * num_splits,)
+    _fused_fwd_kernel[grid](
+        hidden, weight, bias if bias is not None else hidden, targets,
+        part_m, part_s, part_st, part_t,
+        N, V, D, hidden.stride(0), weight.stride(0),
+        n_row_blocks, v_per_split, float(1.0 / temperature),
+        HAS_BIAS=bias is not None, ENTROPY=entropy, UPCAST=interp,
+        INPUT_PRECISION=precision,
+        BLOCK_N=BLOCK_N, BLOCK_V=BLOCK_V, BLOCK_D=BLOCK_D,
+        num_warps=warps, num_stages=1 if interp else 3,
+    )
+    mx = part_m.max(dim=0).values
+    scale = torch.exp(part_m - mx)
+    s_tot = (part_s * scale).sum(dim=0)
+    lse = mx + torch.log(s_tot)
+    zt = part_t.sum(dim=0)
+    ent = None
+    if entropy:
+        ent = lse - (part_st * scale).sum(dim=0) / s_tot
+    return zt, lse, ent
+
+
+def _row_block(V: int) -> int:
+    return min(triton.next_power_of_2(V), 4096 if not _interpreting() else 1024)
+
+
+def chunk_stats(z: torch.Tensor, targets: torch.Tensor, temperature: float, entropy: bool):
+    """Row statistics of a materialized raw-logits chunk z [n, V] (bias included, not yet
+    divided by temperature). Returns (target logit, lse, entropy or None), fp32 [n]."""
+    n, V = z.shape
+    lse = torch.empty(n, device=z.device, dtype=torch.float32)
+    zt = torch.empty_like(lse)
+    ent = torch.empty_like(lse) if entropy else lse
+    if n:
+        _chunk_stats_kernel[(n,)](
+            z, targets, lse, zt, ent, V, z.stride(0), float(1.0 / temperature),
+            ENTROPY=entropy, BLOCK_V=_row_block(V), num_warps=8 if z.is_cuda else 1,
+        )
+    return zt, lse, (ent if entropy else None)
+
+
+def chunk_dlogits(
+    z: torch.Tensor,
+    out: torch.Tensor,
+    targets: torch.Tensor,
+    lse: torch.Tensor,
+    g_logp: torch.Tensor,
+    temperature: float,
+    g_ent=None,
+    ent=None,
+):
+    """Writes d loss / d raw logits of chunk z [n, V] into out [n, V] (out may be z itself).
+
+    g_logp [n] = d loss / d logp; g_ent, ent [n] (both or neither) add the entropy term."""
+    n, V = z.shape
+    has_ent = g_ent is not None
+    if n:
+        _chunk_dlogits_kernel[(n,)](
+            z, out, targets, lse, g_logp,
+            g_ent if has_ent else g_logp, ent if has_ent else lse,
+            V, z.stride(0), out.stride(0), float(1.0 / temperature),
+            ENTROPY=has_ent, BLOCK_V=_row_block(V), num_warps=8 if z.is_cuda else 1,
+        )
+    return out

@@ -115,9 +115,10 @@ def _chunk_stats_kernel(
         cmask = cols < V
         z = tl.load(zrow + cols, mask=cmask, other=float("-inf")).to(tl.float32) * inv_t
         m_new = tl.maximum(m, z)
-        # lanes still at -inf (only possible in the first, partial block) must not make NaN
-        alpha = tl.where(m_new == float("-inf"), 0.0, tl.exp(m - m_new))
-        p = tl.where(cmask, tl.exp(z - m_new), 0.0)
+        # lanes still at -inf (only in a first, partial block) must not form -inf - (-inf)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m - m_safe)
+        p = tl.where(cmask, tl.exp(tl.where(cmask, z, 0.0) - m_safe), 0.0)
         s = s * alpha + p
         if ENTROPY:
             st = st * alpha + p * tl.where(cmask, z, 0.0)
@@ -162,6 +163,11 @@ def _chunk_dlogits_kernel(
 # ----------------------------------------------------------------------------- launchers
 
 
+def _empty(shape, device, dtype):
+    """Output allocation (one place, so tests can poison every output buffer with NaN)."""
+    return torch.empty(shape, device=device, dtype=dtype)
+
+
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
@@ -199,10 +205,10 @@ def fused_forward(
     num_splits = triton.cdiv(V, v_per_split)
 
     f32 = torch.float32
-    part_m = torch.empty((num_splits, N), device=dev, dtype=f32)
-    part_s = torch.empty((num_splits, N), device=dev, dtype=f32)
-    part_t = torch.empty((num_splits, N), device=dev, dtype=f32)
-    part_st = torch.empty((num_splits, N), device=dev, dtype=f32) if entropy else part_s
+    part_m = _empty((num_splits, N), dev, f32)
+    part_s = _empty((num_splits, N), dev, f32)
+    part_t = _empty((num_splits, N), dev, f32)
+    part_st = _empty((num_splits, N), dev, f32) if entropy else part_s
     # fp32 inputs get true fp32 products (no silent TF32); 16-bit ones are exact in fp32 anyway
     precision = "ieee"
     grid = (n_row_blocks * num_splits,)
@@ -235,9 +241,9 @@ def chunk_stats(z: torch.Tensor, targets: torch.Tensor, temperature: float, entr
     """Row statistics of a materialized raw-logits chunk z [n, V] (bias included, not yet
     divided by temperature). Returns (target logit, lse, entropy or None), fp32 [n]."""
     n, V = z.shape
-    lse = torch.empty(n, device=z.device, dtype=torch.float32)
-    zt = torch.empty_like(lse)
-    ent = torch.empty_like(lse) if entropy else lse
+    lse = _empty((n,), z.device, torch.float32)
+    zt = _empty((n,), z.device, torch.float32)
+    ent = _empty((n,), z.device, torch.float32) if entropy else lse
     if n:
         _chunk_stats_kernel[(n,)](
             z, targets, lse, zt, ent, V, z.stride(0), float(1.0 / temperature),

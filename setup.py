@@ -36,9 +36,9 @@ setup(
         "pyyaml",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "scipy", "tokenizers"],
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "scipy", "tokenizers", "trl>=1.16,<2", "accelerate", "datasets"],
         "vllm": ["vllm"],
-        "trl": ["trl>=0.20", "accelerate", "datasets"],
+        "trl": ["trl>=1.16,<2", "accelerate", "datasets"],
         "data": ["datasets"],
     },
     entry_points={"console_scripts": ["oar-train=oar_kernels.train.__main__:main"]},

@@ -1,0 +1,376 @@
+"""OARGRPOTrainer, the TRL drop-in (oar_kernels/integrations/trl.py).
+
+Tiny in-process models and tokenizer (tests/tiny_models.py), in-memory datasets, no hub.
+Skipped test by test when TRL is not installed (the lazy-import test runs regardless).
+"""
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from oar_kernels.answers import AnswerSpan
+
+HAVE_TRL = importlib.util.find_spec("trl") is not None and importlib.util.find_spec("datasets") is not None
+needs_trl = pytest.mark.skipif(not HAVE_TRL, reason="trl / datasets not installed (pip install 'oar_kernels[trl]')")
+
+G = 4  # num_generations
+B = 8  # completions per generation batch: two prompts
+
+
+def even_length_answer(text):
+    """Test extractor: the last 3 characters are the answer when the text has an even length.
+
+    Random tiny models never write "The answer is", so this gives every batch completions both
+    with and without an answer, deterministically from the text.
+    """
+    if len(text) < 6 or len(text) % 2:
+        return None
+    s = len(text) - 3
+    return AnswerSpan(text[s:], s, s, len(text))
+
+
+def char_sum_reward(completions, **kwargs):
+    """A reward that varies between completions of a group (so advantages are non-zero)."""
+    return [float(sum(map(ord, c)) % 7) for c in completions]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from tiny_models import make_tokenizer
+
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    from datasets import Dataset
+
+    return Dataset.from_list(
+        [{"prompt": f"Tom has {i} apples and finds {i + 3} more. How many apples are there now?"} for i in range(8)]
+    )
+
+
+def _model(tok):
+    from tiny_models import make_model
+
+    return make_model("qwen2", vocab_size=len(tok), seed=0)
+
+
+def _common(tmp_path, **overrides):
+    kw = dict(
+        output_dir=str(tmp_path), per_device_train_batch_size=B, num_generations=G, max_completion_length=10,
+        max_steps=1, report_to="none", bf16=False, use_cpu=True, save_strategy="no", logging_steps=1,
+        learning_rate=1e-2, gradient_checkpointing=False, loss_type="grpo", seed=0,
+    )
+    kw.update(overrides)
+    return kw
+
+
+def _oar_trainer(tok, dataset, tmp_path, model=None, **overrides):
+    from oar_kernels.integrations.trl import OARConfig, OARGRPOTrainer
+
+    oar = dict(oar_answer_extractor=even_length_answer)
+    oar.update({k: overrides.pop(k) for k in list(overrides) if k.startswith("oar_")})
+    args = OARConfig(**_common(tmp_path, **overrides), **oar)
+    return OARGRPOTrainer(
+        model=model if model is not None else _model(tok), reward_funcs=char_sum_reward, args=args,
+        train_dataset=dataset, processing_class=tok,
+    )
+
+
+def _generation_inputs(dataset):
+    """What TRL's sampler hands _generate_and_score_completions: each prompt G times."""
+    return [dict(dataset[i]) for i in (0, 1) for _ in range(G)]
+
+
+def _batch(trainer, dataset, monkeypatch):
+    """One generation batch from trainer, plus the per-sequence advantages TRL computed."""
+    from trl import GRPOTrainer
+
+    seen = {}
+    original = GRPOTrainer._generate_and_score_completions
+
+    def spy(self, inputs):
+        out = original(self, inputs)
+        seen["advantages"] = out["advantages"].clone()
+        return out
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", spy)
+    if not trainer.model.training:
+        trainer.model.train()
+    batch = trainer._generate_and_score_completions(_generation_inputs(dataset))
+    trainer.current_gradient_accumulation_steps = 1
+    return batch, seen["advantages"]
+
+
+def _loss_and_grads(trainer, batch):
+    model = trainer.model
+    model.zero_grad(set_to_none=True)
+    loss = trainer.compute_loss(model, batch)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+def _token_logps(model, batch):
+    """Per-token log-probs of the completion tokens, computed from full logits (no TRL code)."""
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+    am = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    logits = model(input_ids=ids, attention_mask=am).logits[:, :-1].float()
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return logp[:, -batch["completion_ids"].shape[1]:]
+
+
+def _expected_weights(trainer, batch, tok, advantages, algo_mode="last"):
+    """OAR weights rebuilt outside the trainer: segments, OAR-P, bilevel, prefix mapping.
+
+    The estimator is the one the trainer uses (the fast one once oar_kernels.importance exists,
+    else the naive oracle): this checks the plumbing, the estimators have their own tests.
+    """
+    import oar_kernels as oar
+    from oar_kernels.integrations.trl import importance_function
+    from oar_kernels.segments import build_segments
+
+    args = trainer.args
+    Bn, T = batch["completion_ids"].shape
+    expected = torch.ones(Bn, T)
+    rows, segs = [], []
+    for b in range(Bn):
+        n = int(batch["completion_mask"][b].sum())
+        if n == 0 or float(advantages[b]) == 0:
+            continue
+        seg = build_segments(
+            batch["prompt_ids"][b][batch["prompt_mask"][b].bool()], batch["completion_ids"][b, :n], tok,
+            extractor=even_length_answer, conclude_text=args.oar_conclude_text,
+        )
+        if seg.answer_text is not None and seg.num_reasoning > 0:
+            rows.append(b)
+            segs.append(seg)
+    model = trainer.model
+    was = model.training
+    model.eval()
+    estimator, _ = importance_function("oar-p")
+    with torch.no_grad():
+        scores, smask = estimator(model, segs, mode=algo_mode, perturb_token=tok.pad_token_id)
+    model.train(was)
+    w = oar.bilevel_reshape(scores, smask, tau=args.oar_tau, beta=args.oar_beta, floor=args.oar_floor)
+    for i, b in enumerate(rows):
+        expected[b, : segs[i].num_reasoning] = w[i, : segs[i].num_reasoning]
+    return expected, rows
+
+
+# --------------------------------------------------------------------------------------
+
+
+def test_import_oar_kernels_does_not_import_trl():
+    code = (
+        "import sys, oar_kernels, oar_kernels.integrations; "
+        "assert 'trl' not in sys.modules, 'trl imported'; "
+        "assert 'oar_kernels.integrations.trl' not in sys.modules; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "ok" in out.stdout
+
+
+@needs_trl
+def test_version_check():
+    from oar_kernels.integrations.trl import MIN_TRL_VERSION, check_trl_version
+
+    check_trl_version(MIN_TRL_VERSION, allow_any=False)
+    for bad in ("0.20.0", "1.15.2", "2.0.0", "not-a-version"):
+        with pytest.raises(ImportError, match="supports trl>="):
+            check_trl_version(bad, allow_any=False)
+    with pytest.warns(UserWarning, match="supports trl>="):
+        check_trl_version("0.20.0", allow_any=True)
+
+
+@needs_trl
+@pytest.mark.parametrize(
+    "field, value",
+    [("oar_algo", "oar-x"), ("oar_tau", 1.5), ("oar_tau", float("nan")), ("oar_beta", -1.0), ("oar_floor", 2.0),
+     ("oar_pfinal_mode", "mean"), ("oar_noise_std", -1e-3), ("oar_score", "grad"), ("oar_max_batch_tokens", 0),
+     ("oar_conclude_text", 3), ("oar_answer_extractor", "no_such_module_xyz.f"), ("oar_answer_extractor", 5)],
+)
+def test_config_validation_names_the_field(tmp_path, field, value):
+    from oar_kernels.integrations.trl import OARConfig
+
+    with pytest.raises(ValueError, match=field):
+        OARConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False, **{field: value})
+
+
+@needs_trl
+def test_config_defaults_and_serialisation(tmp_path):
+    import json
+
+    from oar_kernels.integrations.trl import OARConfig
+    from oar_kernels.segments import DEFAULT_CONCLUDE_TEXT
+
+    common = dict(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False)
+    g = OARConfig(**common)
+    assert (g.oar_algo, g.oar_pfinal_mode, g.oar_tau, g.oar_beta, g.oar_floor) == ("oar-g", "answer_mean", 0.25, 1.0, 0.1)
+    assert g.oar_conclude_text == DEFAULT_CONCLUDE_TEXT and g.oar_noise_std == 1e-3
+    assert OARConfig(oar_algo="oar-p", **common).oar_pfinal_mode == "last"
+    c = OARConfig(oar_answer_extractor=even_length_answer, **common)
+    assert json.loads(c.to_json_string())["oar_answer_extractor"].endswith("even_length_answer")
+
+
+@needs_trl
+def test_rejects_plain_grpo_config(tok, dataset, tmp_path):
+    from trl import GRPOConfig
+
+    from oar_kernels.integrations.trl import OARGRPOTrainer
+
+    with pytest.raises(ValueError, match="args: expected an OARConfig"):
+        OARGRPOTrainer(model=_model(tok), reward_funcs=char_sum_reward, args=GRPOConfig(**_common(tmp_path)),
+                       train_dataset=dataset, processing_class=tok)
+
+
+@needs_trl
+def test_trains_with_gradient_accumulation_and_logs_oar_metrics(tok, dataset, tmp_path):
+    # gradient_accumulation_steps=2: the [B, T] advantages go through TRL's shuffle and split.
+    trainer = _oar_trainer(tok, dataset, tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                           max_steps=2, oar_algo="oar-g")
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2
+    for h in logs:
+        assert torch.isfinite(torch.tensor(h["loss"]))
+        for key in ("oar/scored_frac", "oar/time"):
+            assert key in h
+    scored = [h for h in logs if "oar/weight_mean" in h]
+    assert scored, "no completion was scored in two steps"
+    for h in scored:
+        assert h["oar/weight_min"] <= h["oar/weight_mean"] <= h["oar/weight_max"]
+        assert 0.0 <= h["oar/suppressed_frac"] <= 1.0 and h["oar/weight_std"] >= 0.0
+        assert abs(h["oar/weight_mean"] - 1.0) < 1e-4  # Bi-Level rescales each row to mean 1
+    changed = any(not torch.equal(before[n], p.detach()) for n, p in trainer.model.named_parameters())
+    assert changed
+
+
+@needs_trl
+def test_all_weights_one_equals_grpo_trainer(tok, dataset, tmp_path, monkeypatch):
+    from trl import GRPOConfig, GRPOTrainer
+
+    oar_tr = _oar_trainer(tok, dataset, tmp_path / "oar", oar_algo="oar-g", oar_tau=0.0, oar_beta=0.0)
+    batch, seq_adv = _batch(oar_tr, dataset, monkeypatch)
+    assert batch["advantages"].shape == batch["completion_ids"].shape
+    assert torch.equal(batch["advantages"], seq_adv.unsqueeze(1).expand_as(batch["advantages"]))
+    assert (seq_adv != 0).any()
+
+    grpo_tr = GRPOTrainer(model=_model(tok), reward_funcs=char_sum_reward, args=GRPOConfig(**_common(tmp_path / "g")),
+                          train_dataset=dataset, processing_class=tok)
+    grpo_tr.model.train()
+    grpo_tr.current_gradient_accumulation_steps = 1
+    grpo_batch = dict(batch, advantages=seq_adv)
+
+    loss_oar, grads_oar = _loss_and_grads(oar_tr, batch)
+    loss_grpo, grads_grpo = _loss_and_grads(grpo_tr, grpo_batch)
+    torch.testing.assert_close(loss_oar, loss_grpo, rtol=0, atol=1e-7)
+    assert grads_oar.keys() == grads_grpo.keys() and grads_oar
+    for name in grads_oar:
+        torch.testing.assert_close(grads_oar[name], grads_grpo[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+@needs_trl
+def test_per_token_advantages_reach_the_loss(tok, dataset, tmp_path, monkeypatch):
+    import oar_kernels as oar
+
+    trainer = _oar_trainer(tok, dataset, tmp_path, oar_algo="oar-p")  # deterministic scores
+    batch, seq_adv = _batch(trainer, dataset, monkeypatch)
+    expected_w, rows = _expected_weights(trainer, batch, tok, seq_adv)
+    assert rows, "no completion had an answer and a non-zero advantage"
+    assert len(rows) < (seq_adv != 0).sum(), "every completion scored: the weight-1 rows are not exercised"
+    assert not torch.allclose(expected_w, torch.ones_like(expected_w))
+    torch.testing.assert_close(batch["advantages"], seq_adv.unsqueeze(1) * expected_w, rtol=1e-5, atol=1e-6)
+    # completions without an answer keep weight 1 everywhere
+    for b in set(range(B)) - set(rows):
+        assert torch.equal(batch["advantages"][b], seq_adv[b].expand(batch["advantages"].shape[1]))
+
+    loss, grads = _loss_and_grads(trainer, batch)
+
+    # The same loss from first principles: oar.grpo_loss on log-probs of the full logits.
+    model = trainer.model
+    model.zero_grad(set_to_none=True)
+    logp = _token_logps(model, batch)
+    mask = batch["completion_mask"].bool()
+    ref_loss, _ = oar.grpo_loss(logp, None, seq_adv, mask, weights=expected_w, loss_type="grpo")
+    ref_loss.backward()
+    torch.testing.assert_close(loss, ref_loss.detach(), rtol=1e-4, atol=1e-6)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+    # ... and it is not plain GRPO's gradient.
+    _, grads_seq = _loss_and_grads(trainer, dict(batch, advantages=seq_adv))
+    diff = max((grads[n] - grads_seq[n]).abs().max().item() for n in grads)
+    scale = max(grads_seq[n].abs().max().item() for n in grads_seq)
+    assert diff > 1e-3 * scale
+
+
+@needs_trl
+def test_scoring_touches_no_parameter_grad_and_restores_training_flag(tok, dataset, tmp_path, monkeypatch):
+    trainer = _oar_trainer(tok, dataset, tmp_path, oar_algo="oar-g")
+    model = trainer.model
+    sentinel = {n: torch.full_like(p, 0.5) for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        p.grad = sentinel[n].clone()
+    model.train()
+    model.model.layers[0].eval()  # a submodule deliberately in eval mode keeps its flag
+    batch, seq_adv = _batch(trainer, dataset, monkeypatch)
+    assert model.training and not model.model.layers[0].training and model.model.layers[1].training
+    for n, p in model.named_parameters():
+        assert torch.equal(p.grad, sentinel[n]), n
+    assert batch["advantages"].dim() == 2
+
+
+@needs_trl
+def test_eval_mode_keeps_sequence_advantages(tok, dataset, tmp_path):
+    trainer = _oar_trainer(tok, dataset, tmp_path, oar_algo="oar-g")
+    trainer.model.eval()
+    trainer.args.num_generations_eval = G
+    trainer.num_generations_eval = G
+    batch = trainer._generate_and_score_completions(_generation_inputs(dataset))
+    assert batch["advantages"].dim() == 1
+
+
+@needs_trl
+def test_liger_path_uses_per_token_advantages(tok, dataset, tmp_path, monkeypatch):
+    """use_liger_kernel=True: TRL >= 1.16 swaps in Liger's layer kernels and keeps its one loss
+    path, so the liger-patched trainer's loss on an OAR batch equals the plain one's.
+
+    On CPU, Liger's kernels run in Triton's interpreter, where its RMSNorm and SwiGLU kernels
+    fail; only RoPE is applied there. On a GPU every default Liger kernel is applied.
+    """
+    pytest.importorskip("liger_kernel")
+    from transformers.models.qwen2 import modeling_qwen2
+
+    plain = _oar_trainer(tok, dataset, tmp_path / "plain", oar_algo="oar-p")
+    batch, seq_adv = _batch(plain, dataset, monkeypatch)
+    assert not torch.equal(batch["advantages"], seq_adv.unsqueeze(1).expand_as(batch["advantages"]))
+    loss_plain, grads_plain = _loss_and_grads(plain, batch)
+
+    # Liger patches modeling_qwen2's globals: restore them after the test.
+    for name, value in list(vars(modeling_qwen2).items()):
+        if not name.startswith("__"):
+            monkeypatch.setattr(modeling_qwen2, name, value)
+    original_rope = modeling_qwen2.apply_rotary_pos_emb
+    liger_config = None if torch.cuda.is_available() else {"rms_norm": False, "swiglu": False}
+    liger = _oar_trainer(tok, dataset, tmp_path / "liger", oar_algo="oar-p", use_liger_kernel=True,
+                         liger_kernel_config=liger_config)
+    # What Trainer.train() does first with use_liger_kernel=True (training itself is too slow
+    # with interpreted kernels): patch the model with the kernels of args.liger_kernel_config.
+    from transformers.integrations.liger import apply_liger_kernel
+
+    apply_liger_kernel(liger.model, liger.args.liger_kernel_config)
+    assert modeling_qwen2.apply_rotary_pos_emb is not original_rope, "Liger's RoPE was not applied"
+    liger.model.train()
+    liger.current_gradient_accumulation_steps = 1
+    loss_liger, grads_liger = _loss_and_grads(liger, batch)
+    torch.testing.assert_close(loss_liger, loss_plain, rtol=1e-4, atol=1e-6)
+    for name in grads_plain:
+        torch.testing.assert_close(grads_liger[name], grads_plain[name], rtol=1e-3, atol=1e-5, msg=name)
+    _, grads_seq = _loss_and_grads(liger, dict(batch, advantages=seq_adv))
+    assert max((grads_liger[n] - grads_seq[n]).abs().max().item() for n in grads_seq) > 0

@@ -1,0 +1,85 @@
+"""A generated arithmetic reasoning task: seeded, unlimited, with a disjoint held-out split.
+
+    Question: "What is 37 + 48 - 19?"
+    Solution: "37 + 48 = 85\n85 - 19 = 66\nThe answer is 66."
+
+A problem belongs to the held-out split when a stable hash of its question falls in the
+held-out bucket, so the two splits never share a question whatever the seed or sizes.
+"""
+from __future__ import annotations
+
+import random
+import zlib
+from dataclasses import dataclass
+from typing import Iterator, List
+
+from .base import Example
+
+HELD_OUT_BUCKETS = 10  # 1 question in HELD_OUT_BUCKETS is held out
+
+
+def is_held_out(question: str) -> bool:
+    return zlib.crc32(question.encode("utf-8")) % HELD_OUT_BUCKETS == 0
+
+
+@dataclass(frozen=True)
+class ArithmeticTask:
+    """Multi-step + / - problems over integers in [lo, hi], results kept in [0, max_result].
+
+    min_terms..max_terms operands; every intermediate result stays non-negative.
+    """
+
+    lo: int = 10
+    hi: int = 99
+    min_terms: int = 2
+    max_terms: int = 3
+    max_result: int = 199
+
+    def sample(self, rng: random.Random) -> Example:
+        while True:
+            n = rng.randint(self.min_terms, self.max_terms)
+            value = rng.randint(self.lo, self.hi)
+            question = str(value)
+            steps: List[str] = []
+            ok = True
+            for _ in range(n - 1):
+                x = rng.randint(self.lo, self.hi)
+                op = rng.choice("+-")
+                new = value + x if op == "+" else value - x
+                if new < 0 or new > self.max_result:
+                    ok = False
+                    break
+                steps.append(f"{value} {op} {x} = {new}")
+                question += f" {op} {x}"
+                value = new
+            if ok:
+                break
+        solution = "\n".join(steps) + f"\nThe answer is {value}."
+        return Example(question=f"What is {question}?", answer=str(value), solution=solution)
+
+    def _stream(self, seed: int, held_out: bool) -> Iterator[Example]:
+        rng = random.Random(seed)
+        while True:
+            ex = self.sample(rng)
+            if is_held_out(ex.question) == held_out:
+                yield ex
+
+    def train_example(self, seed: int, index: int) -> Example:
+        """Training example number `index`: a pure function of (seed, index), so a run can
+        resume at any position without replaying the stream."""
+        rng = random.Random(f"train:{seed}:{index}")
+        while True:
+            ex = self.sample(rng)
+            if not is_held_out(ex.question):
+                return ex
+
+    def eval_examples(self, n: int, seed: int = 1234) -> List[Example]:
+        """n distinct held-out problems (deterministic for a given seed)."""
+        out, seen = [], set()
+        for ex in self._stream(seed, held_out=True):
+            if ex.question not in seen:
+                seen.add(ex.question)
+                out.append(ex)
+            if len(out) == n:
+                return out
+        return out  # pragma: no cover (the stream is infinite)

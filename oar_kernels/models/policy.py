@@ -1,0 +1,148 @@
+"""The default policy: a small Llama-architecture causal LM over a character vocabulary,
+warm-started in process on worked solutions of the arithmetic task, cached as a normal
+transformers folder (save_pretrained) so later runs load it at once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+
+from .tokenizer import build_char_tokenizer
+
+CACHE_ENV = "OAR_KERNELS_CACHE"
+
+
+def default_cache_dir() -> str:
+    """$OAR_KERNELS_CACHE, else $XDG_CACHE_HOME/oar_kernels, else ~/.cache/oar_kernels."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return os.path.expanduser(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "oar_kernels")
+
+
+@dataclass(frozen=True)
+class WarmStartRecipe:
+    """Everything that decides the warm-started weights (its hash names the cache folder)."""
+
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 384
+    max_positions: int = 256
+    steps: int = 600
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    warmup_steps: int = 30
+    seed: int = 0
+    task: str = "arithmetic"
+    version: int = 1
+
+    def key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha1(blob).hexdigest()[:10]
+
+
+def build_model(recipe: WarmStartRecipe, vocab_size: int, pad_id: int, eos_id: int, bos_id: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=recipe.hidden_size, intermediate_size=recipe.intermediate_size,
+        num_hidden_layers=recipe.num_layers, num_attention_heads=recipe.num_heads,
+        num_key_value_heads=recipe.num_heads, max_position_embeddings=recipe.max_positions,
+        pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=bos_id, tie_word_embeddings=True,
+        rope_theta=10000.0,
+    )
+    torch.manual_seed(recipe.seed)
+    return LlamaForCausalLM(config)
+
+
+def sft_batch(tokenizer, examples, prompt_template: str):
+    """Right-padded (input_ids, attention_mask, labels) with the loss on solution + EOS only."""
+    seqs, labels = [], []
+    for ex in examples:
+        p = tokenizer.encode(prompt_template.format(question=ex.question), add_special_tokens=False)
+        s = tokenizer.encode(ex.solution, add_special_tokens=False) + [tokenizer.eos_token_id]
+        seqs.append(p + s)
+        labels.append([-100] * len(p) + s)
+    L = max(map(len, seqs))
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([s + [pad] * (L - len(s)) for s in seqs])
+    att = torch.tensor([[1] * len(s) + [0] * (L - len(s)) for s in seqs])
+    lab = torch.tensor([l + [-100] * (L - len(l)) for l in labels])
+    return ids, att, lab
+
+
+def warm_start(model, tokenizer, task, recipe: WarmStartRecipe, prompt_template: str, progress: bool = True):
+    """Supervised training on worked solutions; deterministic under recipe.seed."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(recipe.seed)
+    rng = random.Random(f"warm:{recipe.seed}")
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
+
+    def lr_at(step):
+        if step < recipe.warmup_steps:
+            return (step + 1) / recipe.warmup_steps
+        frac = (step - recipe.warmup_steps) / max(recipe.steps - recipe.warmup_steps, 1)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model.train()
+    bar = tqdm(range(recipe.steps), desc="warm start", disable=not progress, dynamic_ncols=True)
+    for step in bar:
+        examples = [task.train_example(recipe.seed + 7919, rng.randrange(1 << 30)) for _ in range(recipe.batch_size)]
+        ids, att, lab = sft_batch(tokenizer, examples, prompt_template)
+        loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    return model
+
+
+def load_default_policy(cache_dir: Optional[str] = None, recipe: WarmStartRecipe = WarmStartRecipe(),
+                        prompt_template: str = "{question}\n", progress: bool = True, log=print):
+    """(model, tokenizer, path): loads the cached warm-started default policy, building it
+    (a few minutes on 2 CPU cores) on first use."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..data import load_task
+
+    cache_dir = cache_dir or default_cache_dir()
+    path = os.path.join(cache_dir, f"default-policy-{recipe.key()}")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        t0 = time.time()
+        log(f"[oar] building the default policy (warm start, {recipe.steps} steps) into {path}")
+        tokenizer = build_char_tokenizer()
+        model = build_model(recipe, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id,
+                            tokenizer.bos_token_id)
+        warm_start(model, tokenizer, load_task(recipe.task), recipe, prompt_template, progress)
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        with open(os.path.join(tmp, "warm_start_recipe.json"), "w") as f:
+            json.dump(asdict(recipe), f, indent=2)
+        try:
+            os.replace(tmp, path)  # atomic: a concurrent builder's folder wins, ours is dropped
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        log(f"[oar] default policy ready in {time.time() - t0:.0f}s")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model, tokenizer, path

@@ -1,0 +1,82 @@
+"""vLLM rollout backend (optional extra: pip install 'oar_kernels[vllm]'; needs a GPU).
+
+The engine lives in the training process ("colocated"): it generates from token ids with
+`LLM.generate` and `SamplingParams`, and after every optimizer step the policy's weights are
+copied into the engine through the model runner's `load_weights` (the path vLLM documents
+for RLHF weight updates), then the prefix cache is reset so no stale KV is reused.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from .base import Rollout, completion_mask_from_ids, left_pad, right_pad
+
+
+def _load_weights_on_worker(worker, weights):
+    """Runs inside a vLLM worker (through collective_rpc): loads (name, tensor) pairs."""
+    worker.model_runner.model.load_weights(weights=weights)
+
+
+class VLLMRollout:
+    def __init__(self, model_path: str, tokenizer, seed: int = 0, gpu_memory_utilization: float = 0.3,
+                 dtype: str = "auto", max_model_len: Optional[int] = None, **llm_kwargs):
+        try:
+            from vllm import LLM, SamplingParams  # noqa: F401  (lazy: vllm is optional)
+        except ImportError as err:
+            raise ValueError("rollout: 'vllm' needs the vllm package (pip install 'oar_kernels[vllm]')") from err
+        self.tokenizer = tokenizer
+        kwargs = dict(model=model_path, tokenizer=model_path, seed=seed, dtype=dtype,
+                      gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True)
+        if max_model_len:
+            kwargs["max_model_len"] = max_model_len
+        kwargs.update(llm_kwargs)
+        self.llm = LLM(**kwargs)
+
+    def generate(self, prompts: Sequence[str], num_generations: int, max_completion_length: int,
+                 temperature: float = 1.0, top_p: float = 1.0, seed: Optional[int] = None,
+                 greedy: bool = False) -> Rollout:
+        from vllm import SamplingParams
+
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        eos_id = self.tokenizer.eos_token_id
+        enc = [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+        params = SamplingParams(
+            n=num_generations, max_tokens=max_completion_length, temperature=0.0 if greedy else temperature,
+            top_p=1.0 if greedy else top_p, seed=None if seed is None else int(seed % (2**31)),
+            skip_special_tokens=True,
+        )
+        outs = self.llm.generate([{"prompt_token_ids": ids} for ids in enc], params, use_tqdm=False)
+        prompt_rows, completion_rows = [], []
+        for ids, out in zip(enc, outs):
+            for comp in out.outputs:
+                toks = list(comp.token_ids)
+                if eos_id is not None and eos_id in toks:
+                    toks = toks[: toks.index(eos_id) + 1]
+                prompt_rows.append(ids)
+                completion_rows.append(toks)
+        p_ids, p_mask = left_pad(prompt_rows, pad_id)
+        c_ids, _ = right_pad(completion_rows, pad_id)
+        c_mask, truncated = completion_mask_from_ids(c_ids, eos_id)
+        c_mask &= c_ids.ne(pad_id) | c_ids.eq(eos_id)
+        texts = self.tokenizer.batch_decode(c_ids.masked_fill(~c_mask, pad_id), skip_special_tokens=True,
+                                            clean_up_tokenization_spaces=False)
+        return Rollout(p_ids, p_mask, c_ids.masked_fill(~c_mask, pad_id), c_mask, truncated, texts)
+
+    @torch.no_grad()
+    def sync_weights(self, model) -> None:
+        """Copies the policy's parameters into the engine (after each optimizer step)."""
+        weights = [(name, p.detach()) for name, p in model.state_dict().items()]
+        engine = self.llm.llm_engine
+        runner_model = None
+        try:  # single-process engine: the model runner is directly reachable
+            runner_model = engine.model_executor.driver_worker.model_runner.model
+        except AttributeError:
+            pass
+        if runner_model is not None:
+            runner_model.load_weights(weights)
+        else:  # V1 engine: run the load on every worker
+            self.llm.collective_rpc(_load_weights_on_worker, args=(weights,))
+        if hasattr(self.llm, "reset_prefix_cache"):
+            self.llm.reset_prefix_cache()

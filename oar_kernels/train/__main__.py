@@ -1,24 +1,38 @@
-"""Entry point of `python -m oar_kernels.train` (the trainer lands with its own issue)."""
-import argparse
+"""Entry point of `python -m oar_kernels.train` (and `oar-train`)."""
 import sys
 
 DESCRIPTION = """\
-Trains a causal LM with GRPO, OAR-G or OAR-P.
+Trains a causal LM with GRPO, OAR-G or OAR-P (Outcome-grounded Advantage Reshaping).
 
-With no arguments it will build a generated arithmetic task, warm-start a small policy on
-the CPU and train it with OAR-G for a few dozen steps, printing held-out accuracy before and
-after. The training loop is not implemented yet in this version: this command documents the
-interface and exits with status 2 when asked to train.
+With no arguments: builds the generated arithmetic task, warm-starts the small default policy
+on the CPU (first run only; cached afterwards), evaluates it on held-out problems, trains it
+with OAR-G and evaluates it again. Outputs go to runs/<algo>-seed<seed>/: metrics.jsonl,
+config.yaml (pass it back with --config), checkpoints/, reward.png, accuracy.png,
+weights.html (tokens coloured by OAR weight), final/ (save_pretrained folder).
+
+Several processes: torchrun --nproc_per_node N -m oar_kernels.train ... (DDP; --fsdp for FSDP2).
 """
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m oar_kernels.train", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--algo", choices=["grpo", "oar-g", "oar-p"], default="oar-g")
-    parser.parse_args(argv)
-    print("oar_kernels.train: the trainer is not implemented yet; see --help", file=sys.stderr)
-    return 2
+    from .config import ConfigError, parse_args
+
+    try:
+        cfg = parse_args(argv, DESCRIPTION)
+    except ConfigError as err:
+        print(f"oar_kernels.train: config error: {err}", file=sys.stderr)
+        return 2
+    from .loop import train
+
+    try:
+        summary = train(cfg)
+    except KeyboardInterrupt:
+        print("oar_kernels.train: aborted", file=sys.stderr)
+        return 130
+    except ValueError as err:  # bad data set / model / checkpoint found while starting
+        print(f"oar_kernels.train: error: {err}", file=sys.stderr)
+        return 2
+    return 130 if summary.get("interrupted") else 0
 
 
 if __name__ == "__main__":

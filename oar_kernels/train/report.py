@@ -1,0 +1,124 @@
+"""Run outputs besides checkpoints: metrics JSONL, reward/accuracy plots, the weights page."""
+from __future__ import annotations
+
+import html
+import json
+import os
+from typing import Any, Dict, List
+
+
+def append_jsonl(path: str, row: Dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+
+
+def read_jsonl(path: str) -> List[Dict[str, Any]]:
+    if not os.path.isfile(path):
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:  # a line cut short by a kill
+                    break
+    return rows
+
+
+def truncate_metrics(path: str, last_step: int) -> List[Dict[str, Any]]:
+    """Keeps the rows of steps <= last_step (what the resumed checkpoint has seen)."""
+    rows = [r for r in read_jsonl(path) if r.get("step", 0) <= last_step]
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
+    return rows
+
+
+def plot_curves(rows: List[Dict[str, Any]], out_dir: str, title: str = "") -> List[str]:
+    """reward.png (train reward, with a moving average) and accuracy.png (train and held-out)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in rows if r.get("kind") == "train"]
+    evals = [r for r in rows if r.get("kind") == "eval"]
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if train:
+        steps = [r["step"] for r in train]
+        rew = [r["reward"] for r in train]
+        ax.plot(steps, rew, ".", alpha=0.4, label="reward (batch mean)")
+        k = max(1, len(rew) // 10)
+        ma = [sum(rew[max(0, i - k + 1): i + 1]) / len(rew[max(0, i - k + 1): i + 1]) for i in range(len(rew))]
+        ax.plot(steps, ma, "-", label=f"moving average ({k})")
+    ax.set_xlabel("step"), ax.set_ylabel("reward"), ax.set_title(f"{title} reward".strip())
+    ax.legend(loc="best"), ax.grid(alpha=0.3)
+    paths.append(os.path.join(out_dir, "reward.png"))
+    fig.tight_layout(), fig.savefig(paths[-1], dpi=100), plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if train:
+        ax.plot([r["step"] for r in train], [r["accuracy"] for r in train], "-", alpha=0.6, label="train (sampled)")
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["eval_accuracy"] for r in evals], "o-", label="held-out (greedy)")
+    ax.set_xlabel("step"), ax.set_ylabel("accuracy"), ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"{title} accuracy".strip()), ax.legend(loc="best"), ax.grid(alpha=0.3)
+    paths.append(os.path.join(out_dir, "accuracy.png"))
+    fig.tight_layout(), fig.savefig(paths[-1], dpi=100), plt.close(fig)
+    return paths
+
+
+def _colour(w: float, reasoning: bool, wmax: float) -> str:
+    if not reasoning:
+        return "background:#e8e8e8;color:#777"
+    if w >= 1.0:
+        a = min(1.0, (w - 1.0) / max(wmax - 1.0, 1e-6))
+        return f"background:rgba(0,160,60,{0.12 + 0.78 * a:.2f})"
+    a = min(1.0, 1.0 - w)
+    return f"background:rgba(220,40,40,{0.12 + 0.78 * a:.2f})"
+
+
+def write_weights_html(samples: Dict[int, List[Dict[str, Any]]], path: str, title: str = "OAR weights") -> None:
+    """One block per response: prompt, then its tokens coloured by weight (green: boosted,
+    above 1; red: suppressed, below 1; grey: outside the reasoning, weight 1). Hover a token
+    for its weight."""
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>", html.escape(title), "</title>",
+        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+        ".r{border:1px solid #ccc;border-radius:6px;padding:.6em;margin:.8em 0}"
+        ".t{font-family:monospace;white-space:pre-wrap;line-height:1.7}.t span{padding:1px 0}"
+        ".m{color:#555;font-size:.85em}</style>",
+        f"<h1>{html.escape(title)}</h1>",
+        "<p>Tokens of sampled responses coloured by their OAR weight w (token advantage = w &times; A): "
+        "<span style='background:rgba(0,160,60,.8)'>&nbsp;boosted (w &gt; 1)&nbsp;</span> "
+        "<span style='background:rgba(220,40,40,.8)'>&nbsp;suppressed (w &lt; 1)&nbsp;</span> "
+        "<span style='background:#e8e8e8;color:#777'>&nbsp;not reasoning (w = 1)&nbsp;</span>. "
+        "Darker means further from 1. Hover a token for its weight.</p>",
+    ]
+    if not samples:
+        parts.append("<p>No weighted responses were recorded (GRPO, or no response had both an answer and a "
+                     "non-zero advantage).</p>")
+    for step in sorted(samples):
+        parts.append(f"<h2>step {step}</h2>")
+        for s in samples[step]:
+            ws = [w for w, r in zip(s["weights"], s["reasoning"]) if r]
+            wmax = max(ws) if ws else 1.0
+            parts.append("<div class='r'>")
+            parts.append(f"<div class='m'>reward {s['reward']:.2f} &middot; advantage {s['advantage']:+.3f} &middot; "
+                         f"reasoning tokens {sum(s['reasoning'])} &middot; weight min {min(ws or [1]):.2f} "
+                         f"max {wmax:.2f}</div>")
+            parts.append(f"<div class='t' style='color:#444'>{html.escape(s['prompt'])}</div><div class='t'>")
+            for tok, w, r in zip(s["tokens"], s["weights"], s["reasoning"]):
+                parts.append(f"<span style='{_colour(w, r, wmax)}' title='w={w:.3f}'>{html.escape(tok)}</span>")
+            parts.append("</div></div>")
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("".join(parts))
+    os.replace(tmp, path)

@@ -1,0 +1,175 @@
+"""The trainer end to end on a TINY policy (not the full default run): outputs, resume, errors."""
+import json
+import os
+import signal
+
+import pytest
+import torch
+import yaml
+
+from oar_kernels.train import ConfigError, TrainConfig, from_dict, parse_args, train
+from oar_kernels.train.__main__ import main
+
+TIME_KEYS = {"time_rollout", "time_importance", "time_step"}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A 2-layer, width-32 character LM warm-started for a few seconds: it already writes
+    "... The answer is N." often enough for OAR to have answers to score."""
+    from oar_kernels.data import load_task
+    from oar_kernels.models import WarmStartRecipe, build_char_tokenizer, build_model, warm_start
+
+    path = str(tmp_path_factory.mktemp("tiny-policy"))
+    recipe = WarmStartRecipe(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, steps=60,
+                             batch_size=16, learning_rate=1e-2)
+    tok = build_char_tokenizer()
+    model = build_model(recipe, len(tok), tok.pad_token_id, tok.eos_token_id, tok.bos_token_id)
+    warm_start(model, tok, load_task("arithmetic:2-2"), recipe, "{question}\n", progress=False)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def tiny_config(model, out, **over):
+    base = dict(model=model, dataset="arithmetic:2-2", output_dir=str(out), max_steps=2, prompts_per_step=4,
+                num_generations=4, max_completion_length=28, eval_size=8, progress=False, save_every=1,
+                reward_fn="oar_kernels.rewards:format_reward", learning_rate=1e-3, html_samples=2)
+    base.update(over)
+    return from_dict(base)
+
+
+def rows_of(out, kind="train"):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["kind"] == kind]
+
+
+@pytest.mark.parametrize("algo", ["grpo", "oar-g", "oar-p"])
+def test_short_run_writes_every_output(tiny_model, tmp_path, algo):
+    out = tmp_path / algo
+    summary = train(tiny_config(tiny_model, out, algo=algo, max_steps=3), log=lambda *a: None)
+    assert summary["steps"] == 3 and 0 <= summary["accuracy_after"] <= 1
+    train_rows, eval_rows = rows_of(out), rows_of(out, "eval")
+    assert [r["step"] for r in train_rows] == [1, 2, 3]
+    assert [r["step"] for r in eval_rows] == [0, 3]
+    for r in train_rows:
+        assert 0 <= r["reward"] <= 1 and 0 <= r["accuracy"] <= 1 and r["time_step"] > 0
+        assert r["weight_min"] <= r["weight_mean"] <= r["weight_max"]
+        assert r["data_position"] == r["step"] * 4
+    if algo == "grpo":
+        assert all(r["oar_responses"] == 0 and r["weight_std"] == 0 for r in train_rows)
+    else:  # some responses were scored and got non-uniform weights
+        assert sum(r["oar_responses"] for r in train_rows) > 0
+        assert any(r["weight_std"] > 0 for r in train_rows)
+    # resolved config: reloads to the same config
+    with open(out / "config.yaml") as f:
+        assert from_dict(yaml.safe_load(f)) == tiny_config(tiny_model, out, algo=algo, max_steps=3)
+    assert parse_args(["--config", str(out / "config.yaml")]).algo == algo
+    # checkpoint: the last one is complete, older ones pruned (keep_checkpoints=2)
+    ckpts = sorted(os.listdir(out / "checkpoints"))
+    assert ckpts == ["step-0000002.pt", "step-0000003.pt"]
+    state = torch.load(out / "checkpoints" / ckpts[-1], weights_only=False)
+    assert state["step"] == 3 and {"model", "optimizer", "scheduler", "rng", "data_position"} <= set(state)
+    assert not [p for p in os.listdir(out / "checkpoints") if ".tmp" in p]
+    # plots and the weights page
+    for png in ("reward.png", "accuracy.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "weights.html").read_text()
+    assert page.startswith("<!doctype html>") and "boosted" in page
+    if algo != "grpo":
+        assert "title='w=" in page and "rgba(0,160,60" in page
+    assert os.path.isfile(out / "final" / "config.json")
+
+
+def test_resume_after_interrupt_matches_an_uninterrupted_run(tiny_model, tmp_path):
+    k, n = 2, 7
+    ref = tmp_path / "ref"
+    train(tiny_config(tiny_model, ref, algo="oar-g", max_steps=n, save_every=0), log=lambda *a: None)
+
+    out = tmp_path / "cut"
+    cfg = tiny_config(tiny_model, out, algo="oar-g", max_steps=n, save_every=0)
+
+    def ctrl_c(step):
+        if step == k:
+            signal.raise_signal(signal.SIGINT)  # as Ctrl-C: finish the step, checkpoint, exit
+
+    summary = train(cfg, log=lambda *a: None, step_hook=ctrl_c)
+    assert summary["interrupted"] and summary["steps"] == k
+    assert os.listdir(out / "checkpoints") == [f"step-{k:07d}.pt"]
+    summary = train(tiny_config(tiny_model, out, algo="oar-g", max_steps=n, save_every=0, resume=True),
+                    log=lambda *a: None)
+    assert summary["resumed_from"].endswith(f"step-{k:07d}.pt")
+    a, b = rows_of(ref), rows_of(out)
+    assert [r["step"] for r in b] == list(range(1, n + 1))
+    for ra, rb in zip(a, b):
+        for key in ra:
+            if key not in TIME_KEYS:
+                assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-6), (ra["step"], key)
+    assert rows_of(ref, "eval") == rows_of(out, "eval")
+
+
+@pytest.mark.parametrize("argv, key", [
+    (["--tau", "1.5"], "tau"), (["--num_generations", "1"], "num_generations"), (["--max_steps", "ten"], "max_steps"),
+    (["--floor", "-0.1"], "floor"), (["--learning_rate", "0"], "learning_rate"),
+    (["--prompt_template", "no placeholder"], "prompt_template"), (["--epsilon_high", "-1"], "epsilon_high"),
+    (["--algo=oar-g", "--noise_std", "0"], "noise_std"),
+])
+def test_bad_flags_fail_before_any_work_naming_the_key(argv, key, tmp_path, capsys):
+    with pytest.raises(ConfigError, match=f"^{key}:"):
+        parse_args(argv + ["--output_dir", str(tmp_path / "x")])
+    assert main(argv + ["--output_dir", str(tmp_path / "x")]) == 2
+    assert key in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("text, key", [
+    ("taux: 0.3\n", "taux"), ("tau: high\n", "tau"), ("num_generations: 2.5\n", "num_generations"),
+    ("progress: 3\n", "progress"), ("algo: ppo\n", "algo"), ("- a\n- b\n", "config"),
+])
+def test_bad_config_file_names_the_key(text, key, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"^{key}:"):
+        parse_args(["--config", str(path)])
+
+
+def test_config_file_then_flags(tmp_path):
+    (tmp_path / "c.yaml").write_text("tau: 0.4\nmax_steps: 5\nscale_rewards: false\n")
+    (tmp_path / "c.toml").write_text('tau = 0.4\nloss_type = "dr_grpo"\n')
+    cfg = parse_args(["--config", str(tmp_path / "c.yaml"), "--max_steps", "9"])
+    assert (cfg.tau, cfg.max_steps, cfg.scale_rewards) == (0.4, 9, "none")
+    assert parse_args(["--config", str(tmp_path / "c.toml")]).loss_type == "dr_grpo"
+    assert TrainConfig().algo == "oar-g" and TrainConfig().resolved_pfinal_mode() == "answer_mean"
+
+
+def test_help_documents_every_field(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for name in TrainConfig.__dataclass_fields__:
+        assert f"--{name}" in text
+
+
+def test_no_answer_gets_reward_zero_and_weights_one(tiny_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from oar_kernels.rewards import accuracy_reward
+    from oar_kernels.train.loop import oar_weights
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    prompt = tok.encode("What is 12 + 30?\n", add_special_tokens=False)
+    texts = ["12 + 30 = 42\nThe answer is 42.", "12 + 30 = 42 and so on"]
+    rows = [(prompt, tok.encode(t, add_special_tokens=False) + [tok.eos_token_id], t, False) for t in texts]
+    assert accuracy_reward(["", ""], texts, ["42", "42"]) == [1.0, 0.0]
+    for algo in ("oar-g", "oar-p"):
+        cfg = from_dict({"algo": algo})
+        w, reasoning = oar_weights(model, tok, rows, torch.tensor([1.0, -1.0]), cfg, seed=0, stats={})
+        R = len(tok.encode("12 + 30 = 42\n", add_special_tokens=False))
+        assert reasoning[0, :R].all() and not reasoning[0, R:].any()
+        assert (w[0, R:] == 1).all() and not torch.allclose(w[0, :R], torch.ones(R))
+        assert w[0, :R].mean().item() == pytest.approx(1.0, abs=1e-4)  # sum_to_len
+        assert (w[1] == 1).all() and not reasoning[1].any()  # no answer: weight 1 everywhere
+    # zero advantage: not scored at all
+    w, reasoning = oar_weights(model, tok, rows, torch.tensor([0.0, 0.0]), from_dict({}), seed=0, stats={})
+    assert (w == 1).all() and not reasoning.any()

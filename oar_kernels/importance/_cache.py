@@ -1,0 +1,74 @@
+"""A key/value cache that keeps a prefix and a scratch tail, for prefix-reusing OAR-P.
+
+The unperturbed batch fills each layer once ([g, H_kv, L, d]); every later forward writes its
+keys/values into the scratch tail right after the prefix and attends to the view
+``buffer[:, :, :L + q]``. The prefix is therefore computed once and only read afterwards:
+no `torch.cat` of the whole cache per chunk and no cropping (the next chunk overwrites the
+tail). Which prefix keys a query may see is decided by the explicit 4-D attention mask.
+
+Built on transformers' layered Cache API (>= 4.56); `available()` says whether it can be used.
+"""
+from __future__ import annotations
+
+import functools
+
+try:  # transformers >= 4.56: Cache is a list of CacheLayerMixin
+    from transformers.cache_utils import Cache, CacheLayerMixin
+
+    _OK = True
+except Exception:  # pragma: no cover - older transformers
+    Cache = CacheLayerMixin = object
+    _OK = False
+
+
+def available() -> bool:
+    return _OK
+
+
+class PrefixScratchLayer(CacheLayerMixin):
+    """One layer: keys/values [g, H_kv, prefix + extra, d]; the first update sets the prefix."""
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, extra: int):
+        super().__init__()
+        self.extra = int(extra)
+        self.prefix = 0
+
+    def lazy_initialization(self, key_states, value_states):
+        g, h, n, _ = key_states.shape
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.keys = key_states.new_empty((g, h, n + self.extra, key_states.shape[-1]))
+        self.values = value_states.new_empty((g, value_states.shape[1], n + self.extra, value_states.shape[-1]))
+        self.keys[:, :, :n].copy_(key_states)
+        self.values[:, :, :n].copy_(value_states)
+        self.prefix = n
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:  # the prefix pass: keep its states, attend to them as given
+            self.lazy_initialization(key_states, value_states)
+            return key_states, value_states
+        n, q = self.prefix, key_states.shape[-2]
+        if q > self.extra:
+            raise RuntimeError(f"scratch of {self.extra} tokens cannot hold a chunk of {q}")
+        self.keys[:, :, n : n + q].copy_(key_states)
+        self.values[:, :, n : n + q].copy_(value_states)
+        return self.keys[:, :, : n + q], self.values[:, :, : n + q]
+
+    def get_mask_sizes(self, query_length: int):
+        return self.prefix + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.prefix
+
+    def get_max_length(self) -> int:
+        return -1
+
+
+def prefix_cache(extra: int):
+    """A Cache whose layers (made lazily, one per decoder layer) keep the first forward as
+    prefix and have `extra` scratch slots after it."""
+    return Cache(layer_class_to_replicate=functools.partial(PrefixScratchLayer, extra))

@@ -1,0 +1,224 @@
+"""Shared plumbing of OAR-P and OAR-G: argument checks, model access, P_final math, layout.
+
+Positions follow `Segments.sequence(with_answer)`: the prompt starts at 0, reasoning token t
+sits at `reasoning_start + t`, answer token j at `answer_start + j`. P_final needs logits at
+
+    last:            [answer_start - 1]                       (1 position)
+    answer_mean/joint: [answer_start - 1, ..., answer_start + A - 2]  (A positions)
+
+so nothing after the last of them is ever fed to the model ("effective length" Le).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+
+from .._checks import check_choice, check_number
+from ..reference.importance import MODES, SCORES, default_perturb_token, draw_noise  # noqa: F401
+from ..segments import Segments
+
+LOG_EPS = 1e-12  # OAR-G's KL uses log(p + 1e-12) (OAR_SPEC.md section 4)
+
+
+# ------------------------------------------------------------------------------------------
+# Argument checks
+# ------------------------------------------------------------------------------------------
+
+
+def check_segments(segments) -> List[Segments]:
+    if not isinstance(segments, (list, tuple)):
+        raise ValueError(f"segments: expected a list of Segments, got {type(segments).__name__}")
+    for b, seg in enumerate(segments):
+        if not isinstance(seg, Segments):
+            raise ValueError(f"segments[{b}]: expected Segments, got {type(seg).__name__}")
+    return list(segments)
+
+
+def check_mode(mode) -> None:
+    check_choice("mode", mode, MODES)
+
+
+def check_score(score) -> None:
+    check_choice("score", score, SCORES)
+
+
+def check_max_batch_tokens(value) -> None:
+    check_number("max_batch_tokens", value, lo=1, integer=True)
+
+
+def input_embeddings(model) -> torch.nn.Module:
+    """The model's input-embedding module; TypeError when the model does not expose one."""
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    if emb is None or not isinstance(getattr(emb, "weight", None), torch.Tensor):
+        raise TypeError(
+            "model: OAR importance needs a transformers causal LM whose get_input_embeddings() "
+            f"returns the token-embedding module; {type(model).__name__} does not provide one"
+        )
+    return emb
+
+
+def decoder_and_head(model):
+    """(decoder body, LM head) of a causal LM: body(...)[0] are the final hidden states.
+
+    Applying the head ourselves lets us compute logits only where P_final needs them.
+    """
+    get_dec = getattr(model, "get_decoder", None)
+    body = get_dec() if callable(get_dec) else None
+    if body is None:
+        body = getattr(model, getattr(model, "base_model_prefix", "model"), None)
+    get_out = getattr(model, "get_output_embeddings", None)
+    head = get_out() if callable(get_out) else None
+    if body is None or head is None or body is model:
+        raise TypeError(
+            f"model: expected a transformers causal LM with get_decoder() and get_output_embeddings(); "
+            f"{type(model).__name__} has none"
+        )
+    return body, head
+
+
+def apply_head(model, head, hidden: torch.Tensor) -> torch.Tensor:
+    """LM head on gathered hidden states [N, D] -> logits [N, V], with the model's softcapping."""
+    logits = head(hidden)
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def hidden_of(out) -> torch.Tensor:
+    """Final hidden states from a decoder body's output (ModelOutput or tuple)."""
+    h = getattr(out, "last_hidden_state", None)
+    return out[0] if h is None else h
+
+
+def check_lengths(model, segments: Sequence[Segments], with_answer: bool, vocab: int) -> None:
+    """ValueError naming the response when a scoring sequence exceeds the context or vocab."""
+    max_len = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    for b, seg in enumerate(segments):
+        seq = seg.sequence(with_answer)
+        if max_len is not None and seq.numel() > max_len:
+            raise ValueError(
+                f"segments[{b}]: the scoring sequence of response {b} has {seq.numel()} tokens, "
+                f"more than the model's context (max_position_embeddings={max_len})"
+            )
+        if seq.numel() and int(seq.max()) >= vocab:
+            raise ValueError(
+                f"segments[{b}]: token id {int(seq.max())} of response {b} is outside the model's "
+                f"vocabulary of {vocab}"
+            )
+
+
+def is_scored(seg: Segments, mode: str) -> bool:
+    """Rows with no reasoning, or no answer in the answer_* modes, are not scored (weights 1)."""
+    if seg.num_reasoning == 0:
+        return False
+    return mode == "last" or seg.answer_ids.numel() > 0
+
+
+class EvalMode:
+    """Every submodule in eval mode (dropout off) inside; each one's own flag restored on exit."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        self.flags = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        return self
+
+    def __exit__(self, *exc):
+        for m, flag in self.flags:
+            m.training = flag
+        return False
+
+
+def empty_output(segments: Sequence[Segments], device):
+    """Zero scores [B, R_max] float32 and an all-False mask [B, R_max]."""
+    r_max = max((s.num_reasoning for s in segments), default=0)
+    scores = torch.zeros(len(segments), r_max, dtype=torch.float32, device=device)
+    mask = torch.zeros(len(segments), r_max, dtype=torch.bool, device=device)
+    return scores, mask
+
+
+# ------------------------------------------------------------------------------------------
+# Per-response layout
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One scored response: its ids up to the last needed position, and where P_final reads.
+
+    ids:    [Le] int64, the scoring sequence cut after the last position P_final needs
+    start:  reasoning_start (P); num: R; need: positions whose logits P_final needs
+    answer: [A] answer ids (answer_* modes) or None
+    """
+
+    index: int
+    ids: torch.Tensor
+    start: int
+    num: int
+    need: torch.Tensor
+    answer: Optional[torch.Tensor]
+
+    @property
+    def length(self) -> int:
+        return int(self.ids.numel())
+
+
+def make_row(b: int, seg: Segments, mode: str) -> Row:
+    a0 = seg.answer_start
+    if mode == "last":
+        need = torch.tensor([a0 - 1])
+        answer = None
+    else:
+        n = int(seg.answer_ids.numel())
+        need = torch.arange(a0 - 1, a0 - 1 + n)
+        answer = seg.answer_ids
+    seq = seg.sequence(mode != "last")
+    ids = seq[: int(need[-1]) + 1]
+    return Row(b, ids, seg.reasoning_start, seg.num_reasoning, need, answer)
+
+
+# ------------------------------------------------------------------------------------------
+# P_final from the logits at the needed positions
+# ------------------------------------------------------------------------------------------
+
+
+def math_dtype(dtype: torch.dtype) -> torch.dtype:
+    """P_final math runs in the model dtype, but at least float32 (half softmax is too coarse)."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def outcome(logits: torch.Tensor, mode: str, answer: Optional[torch.Tensor]) -> torch.Tensor:
+    """P_final from logits [..., k, V] at the needed positions of one response.
+
+    Returns log P_final [..., V] (last: k = 1; answer_mean: log softmax of the mean logits) or
+    phi [...] (answer_joint: mean log-prob of the k = A answer tokens).
+    """
+    z = logits.to(math_dtype(logits.dtype))
+    if mode == "last":
+        return torch.log_softmax(z[..., 0, :], dim=-1)
+    if mode == "answer_mean":
+        return torch.log_softmax(z.mean(dim=-2), dim=-1)
+    logp = torch.log_softmax(z, dim=-1)
+    ids = answer.to(z.device).expand(*logp.shape[:-1])
+    return logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1).mean(dim=-1)
+
+
+def perturbation_score(base: torch.Tensor, pert: torch.Tensor, mode: str) -> torch.Tensor:
+    """OAR-P: KL(P || P^(t)) from log-probs [..., V], or phi - phi^(t)."""
+    if mode == "answer_joint":
+        return base - pert
+    return (base.exp() * (base - pert)).sum(dim=-1)
+
+
+def gradient_objective(clean: torch.Tensor, noisy: torch.Tensor, mode: str) -> torch.Tensor:
+    """OAR-G's J: KL(P_clean || P_noisy) with log(p + 1e-12), or phi_clean - phi_noisy."""
+    if mode == "answer_joint":
+        return clean - noisy
+    p, q = clean.exp(), noisy.exp()
+    return (p * (torch.log(p + LOG_EPS) - torch.log(q + LOG_EPS))).sum(dim=-1)

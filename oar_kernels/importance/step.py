@@ -1,0 +1,343 @@
+"""OAR-G in the training step: one policy forward serves the GRPO log-probs and the saliency.
+
+    step = OARGStep(model, mode="answer_mean")
+    out = step(segments, response_ids)           # forward (graph kept), saliency, weights
+    loss, metrics = out.loss(advantages, old_logp=old_logp)   # oar.grpo_loss with out.weights
+    loss.backward()                              # through the same graph
+    optimizer.step()
+
+How one forward serves both (docs/importance.md has the full argument):
+
+* Policy rows are prompt + response, right-padded, plain causal attention: exactly the
+  forward of a GRPO step, run through the decoder body with use_cache=True so that every
+  layer's keys/values (graph attached) are kept. logp [B, N] comes from the LM head at the
+  response positions.
+* The scoring sequence prompt + reasoning + conclude (+ answer) shares its first P + R
+  tokens with the policy row. Its remaining tokens (conclude, answer without its last token:
+  a short "branch") run as a continuation of the same forward: a second, small decoder call
+  with past_key_values = the policy's keys/values, an explicit 4-D mask that lets branch
+  token j see policy positions < P + R only (and the branch causally) and position ids
+  P + R + j. Gradients flow from the branch back into the policy forward's graph.
+* The policy's input embeddings e go through the saliency probe. A partial backward
+  torch.autograd.grad(z_branch, [e], grad_outputs=c, retain_graph=True) to the embeddings
+  only (no parameter gradient) gives |<dJ/de_t, e_t>| / ||dJ/de_t|| at the reasoning tokens.
+  c = dJ/dz is the cotangent of the objective at the branch logits z:
+    - answer_joint: J = phi_clean - phi is first order; c is taken at the clean logits, so
+      the scores are OAR-G's exactly at noise 0 (gradient_importance(noise_std=0)).
+    - last / answer_mean: J = KL(P_clean || P_noisy) has zero gradient at zero noise. The
+      clean teacher comes free (the detached branch logits); a no-grad noisy forward of the
+      scoring sequence (noise at the reasoning embeddings, the oracle's draw convention)
+      gives z_noisy, c = dJ/dz at z_noisy, and c is pulled back through the clean graph.
+      This is the oracle's gradient with the Jacobian dz/de taken at the clean instead of
+      the noisy embeddings: a relative difference O(noise_std) (measured in the benchmark).
+* The weights (oar.bilevel_reshape of the scores) go into oar.grpo_loss, whose backward
+  runs through the same graph. The branch does not enter the loss, so the parameter
+  gradients equal those of a separate GRPO forward + backward with the same weights.
+
+Scores are formed under the model's current mode (the step does not switch to eval): with
+dropout on, teacher and student see the policy forward's dropout mask.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from .._checks import check_number
+from ..segments import Segments
+from ._common import (
+    apply_head,
+    check_mode,
+    check_score,
+    check_segments,
+    decoder_and_head,
+    draw_noise,
+    gradient_objective,
+    hidden_of,
+    input_embeddings,
+    is_scored,
+    make_row,
+    outcome,
+)
+from ._saliency import Saliency
+from .gradient import check_generator
+
+
+@dataclass
+class OARGOutput:
+    """What one OAR-G training step's forward yields.
+
+    logp:       [B, N] log-probs of the response tokens (graph attached; N = longest response)
+    mask:       [B, N] bool, True at real response tokens
+    scores:     [B, R_max] float32 OAR-G saliency of the reasoning tokens
+    score_mask: [B, R_max] bool (rows not scored are all False)
+    weights:    [B, N] float32 OAR weights on the response positions (1 outside reasoning)
+    """
+
+    logp: torch.Tensor
+    mask: torch.Tensor
+    scores: torch.Tensor
+    score_mask: torch.Tensor
+    weights: torch.Tensor
+
+    def loss(self, advantages: torch.Tensor, old_logp: Optional[torch.Tensor] = None, **grpo_kwargs):
+        """oar.grpo_loss(logp, old_logp, advantages, mask, weights=self.weights, **grpo_kwargs).
+
+        Returns (loss, metrics); loss.backward() runs through the step's graph.
+        """
+        from ..ops.grpo_loss import grpo_loss
+
+        return grpo_loss(self.logp, old_logp, advantages, self.mask, weights=self.weights, **grpo_kwargs)
+
+
+def _as_responses(response_ids, n: int) -> List[torch.Tensor]:
+    if isinstance(response_ids, torch.Tensor):
+        raise ValueError("response_ids: expected a list of 1-D token-id tensors (one per response)")
+    if not isinstance(response_ids, (list, tuple)) or len(response_ids) != n:
+        got = len(response_ids) if isinstance(response_ids, (list, tuple)) else type(response_ids).__name__
+        raise ValueError(f"response_ids: expected a list of {n} 1-D token-id sequences, got {got}")
+    out = []
+    for b, r in enumerate(response_ids):
+        t = torch.as_tensor(r).to(torch.long).cpu() if not isinstance(r, torch.Tensor) else r.to(torch.long).cpu()
+        if t.dim() != 1:
+            raise ValueError(f"response_ids[{b}]: expected a 1-D sequence, got shape {tuple(t.shape)}")
+        out.append(t)
+    return out
+
+
+class OARGStep:
+    """OAR-G for the training step of a GRPO trainer (module docstring).
+
+    Args:
+        model: a transformers causal LM, in the mode it trains in.
+        mode: "last" | "answer_mean" | "answer_joint" (P_final; see OAR_SPEC.md).
+        noise_std: OAR-G noise of the KL modes (answer_joint uses none: first order).
+        score: "grad_x_input" | "grad_norm".
+        tau, beta, floor, sum_to_len: oar.bilevel_reshape's arguments.
+        max_noisy_tokens: token budget per batch of the KL modes' no-grad noisy forward.
+    """
+
+    def __init__(
+        self,
+        model,
+        mode: str = "answer_mean",
+        noise_std: float = 1e-3,
+        score: str = "grad_x_input",
+        tau: float = 0.25,
+        beta: float = 1.0,
+        floor: float = 0.1,
+        sum_to_len: bool = True,
+        max_noisy_tokens: int = 16384,
+    ):
+        check_mode(mode)
+        check_score(score)
+        check_number("noise_std", noise_std, lo=0.0)
+        check_number("max_noisy_tokens", max_noisy_tokens, lo=1, integer=True)
+        self.model = model
+        self.emb = input_embeddings(model)
+        self.body, self.head = decoder_and_head(model)
+        self.mode, self.noise_std, self.score = mode, float(noise_std), score
+        self.reshape = dict(tau=tau, beta=beta, floor=floor, sum_to_len=sum_to_len)
+        self.max_noisy_tokens = max_noisy_tokens
+
+    # ------------------------------------------------------------------------------------
+    def __call__(self, segments: Sequence[Segments], response_ids, generator: Optional[torch.Generator] = None) -> OARGOutput:
+        """One policy forward with OAR-G saliency; see OARGOutput for the fields.
+
+        Args:
+            segments: B Segments; segments[b].prompt_ids is the policy prompt and
+                segments[b].reasoning_ids a prefix of response_ids[b].
+            response_ids: B 1-D token-id tensors, the sampled responses (EOS included or not).
+            generator: torch.Generator for the KL modes' noise (None: torch's global RNG).
+        """
+        from ..ops.bilevel import bilevel_reshape
+
+        segments = check_segments(segments)
+        responses = _as_responses(response_ids, len(segments))
+        check_generator(generator)
+        model, mode = self.model, self.mode
+        emb, body, head = self.emb, self.body, self.head
+        device = emb.weight.device
+        B = len(segments)
+        vocab, dim = int(emb.weight.shape[0]), int(emb.weight.shape[1])
+        max_len = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        rows = {}
+        for b, (seg, resp) in enumerate(zip(segments, responses)):
+            R = seg.num_reasoning
+            if resp.numel() < R or not torch.equal(resp[:R], seg.reasoning_ids):
+                raise ValueError(f"response_ids[{b}]: segments[{b}].reasoning_ids is not a prefix of response {b}")
+            if resp.numel() == 0:
+                raise ValueError(f"response_ids[{b}]: response {b} is empty")
+            for what, seq in (("policy sequence", torch.cat([seg.prompt_ids, resp])), ("scoring sequence", seg.sequence(mode != "last"))):
+                if max_len is not None and seq.numel() > max_len:
+                    raise ValueError(
+                        f"segments[{b}]: the {what} of response {b} has {seq.numel()} tokens, more than "
+                        f"the model's context (max_position_embeddings={max_len})"
+                    )
+                if int(seq.max()) >= vocab:
+                    raise ValueError(f"segments[{b}]: token id {int(seq.max())} of response {b} is outside the vocabulary of {vocab}")
+            if is_scored(seg, mode):
+                rows[b] = make_row(b, seg, mode)
+
+        # ---- 1. policy forward (the GRPO forward), keys/values kept --------------------
+        P = [int(s.prompt_ids.numel()) for s in segments]
+        Nr = [int(r.numel()) for r in responses]
+        T = max(p + n for p, n in zip(P, Nr))
+        N = max(Nr)
+        ids = torch.zeros((B, T), dtype=torch.long)
+        for b in range(B):
+            ids[b, : P[b] + Nr[b]] = torch.cat([segments[b].prompt_ids, responses[b]])
+        ids = ids.to(device)
+        e = emb(ids)  # [B, T, D], graph to the embedding weights
+        sal = Saliency(e)
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        hidden = hidden_of(body(inputs_embeds=sal.output, past_key_values=cache, use_cache=True))
+        # response token j of row b sits at P_b + j and is predicted at P_b + j - 1
+        pred = torch.tensor(P)[:, None] - 1 + torch.arange(N)[None, :]
+        mask = torch.arange(N)[None, :] < torch.tensor(Nr)[:, None]
+        pred = torch.where(mask, pred, 0).to(device)
+        targets = torch.where(mask, ids.cpu().gather(1, (pred.cpu() + 1).clamp_max(T - 1)), 0).to(device)
+        h_resp = hidden.gather(1, pred[:, :, None].expand(B, N, hidden.shape[-1]))
+        logits = apply_head(model, head, h_resp).float() if hidden.dtype in (torch.float16, torch.bfloat16) else apply_head(model, head, h_resp)
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, :, None]).squeeze(-1)  # [B, N]
+        del logits
+        mask = mask.to(device)
+
+        R_max = max((s.num_reasoning for s in segments), default=0)
+        scores = torch.zeros(B, R_max, dtype=torch.float32, device=device)
+        score_mask = torch.zeros(B, R_max, dtype=torch.bool, device=device)
+        weights = torch.ones(B, N, dtype=torch.float32, device=device)
+        if rows:
+            z_sel = self._branch(rows, cache, hidden, T, device)  # {b: [k_b, V]} with graph
+            cot = self._cotangents(rows, z_sel, generator, dim, device)
+            order = sorted(rows)
+            gxi, gn = sal.backward(
+                [z_sel[b] for b in order], [cot[b] for b in order], retain_graph=True
+            )
+            value = gxi if self.score == "grad_x_input" else gn
+            for b in order:
+                r = rows[b]
+                scores[b, : r.num] = value[b, r.start : r.start + r.num]
+                score_mask[b, : r.num] = True
+            w = bilevel_reshape(scores, score_mask, **self.reshape)
+            if R_max:
+                weights[:, :R_max] = torch.where(score_mask, w, weights[:, :R_max])
+        del cache
+        return OARGOutput(logp, mask, scores, score_mask, weights)
+
+    # ------------------------------------------------------------------------------------
+    def _branch(self, rows: Dict[int, object], cache, hidden, T, device) -> Dict[int, torch.Tensor]:
+        """Conclude/answer continuation of the policy forward; logits at P_final's positions."""
+        model, body, head = self.model, self.body, self.head
+        B = hidden.shape[0]
+        # Branch of row b: scoring positions P + R .. Le - 1 (may be empty when P_final reads a
+        # reasoning position, e.g. an empty conclude in mode "last").
+        br = {b: r.ids[r.start + r.num :] for b, r in rows.items()}
+        Q = max(1, max(t.numel() for t in br.values()))
+        b_ids = torch.zeros((B, Q), dtype=torch.long)
+        b_pos = torch.zeros((B, Q), dtype=torch.long)
+        bound = torch.zeros((B, Q), dtype=torch.long)  # policy keys < bound are visible
+        valid = torch.zeros((B, Q), dtype=torch.bool)
+        for b, t in br.items():
+            r = rows[b]
+            n = t.numel()
+            b_ids[b, :n] = t
+            b_pos[b, :n] = r.start + r.num + torch.arange(n)
+            bound[b, :n] = r.start + r.num
+            valid[b, :n] = True
+        if max(t.numel() for t in br.values()) > 0:
+            dtype = self.emb.weight.dtype
+            kq = torch.arange(T)
+            see_policy = kq[None, None, :] < bound[:, :, None]
+            qi = torch.arange(Q)
+            see_branch = (qi[None, None, :] <= qi[None, :, None]) & valid[:, None, :]
+            see_branch = see_branch | torch.eye(Q, dtype=torch.bool)[None]  # padding sees itself
+            allowed = torch.cat([see_policy, see_branch], dim=-1)
+            mask4 = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+            out = body(
+                input_ids=b_ids.to(device),
+                attention_mask=mask4[:, None].to(device),
+                position_ids=b_pos.to(device),
+                past_key_values=cache,
+                use_cache=True,
+            )
+            h_branch = hidden_of(out)  # [B, Q, D]
+        else:
+            h_branch = None
+        z = {}
+        for b, r in rows.items():
+            split = r.start + r.num
+            parts = []
+            for pos in r.need.tolist():
+                if pos >= split:
+                    parts.append(h_branch[b, pos - split])
+                else:  # a reasoning position: the policy row's own hidden state
+                    parts.append(hidden[b, pos])
+            z[b] = apply_head(model, head, torch.stack(parts))
+        return z
+
+    # ------------------------------------------------------------------------------------
+    def _cotangents(self, rows, z_sel, generator, dim, device) -> Dict[int, torch.Tensor]:
+        """c_b = dJ_b/dz_b: at the clean logits (answer_joint) or at the noisy ones (KL modes)."""
+        mode = self.mode
+        cot = {}
+        if mode == "answer_joint":
+            for b, z in z_sel.items():
+                leaf = z.detach().requires_grad_(True)
+                with torch.enable_grad():
+                    phi = outcome(leaf, mode, rows[b].answer)
+                    (c,) = torch.autograd.grad(gradient_objective(phi.detach(), phi, mode), [leaf])
+                cot[b] = c.to(z.dtype)
+            return cot
+        noisy = self._noisy_logits(rows, generator, dim, device)
+        for b, z in z_sel.items():
+            clean = outcome(z.detach(), mode, rows[b].answer)
+            leaf = noisy[b].detach().requires_grad_(True)
+            with torch.enable_grad():
+                (c,) = torch.autograd.grad(gradient_objective(clean, outcome(leaf, mode, rows[b].answer), mode), [leaf])
+            cot[b] = c.to(z.dtype)
+        return cot
+
+    @torch.no_grad()
+    def _noisy_logits(self, rows, generator, dim, device) -> Dict[int, torch.Tensor]:
+        """No-grad forward of the scoring sequences with noise at the reasoning embeddings."""
+        model, emb, body, head = self.model, self.emb, self.body, self.head
+        dtype = emb.weight.dtype
+        order = sorted(rows)
+        noises = {b: draw_noise(rows[b].num, dim, generator) for b in order}  # the oracle's order
+        out = {}
+        i = 0
+        while i < len(order):
+            j, longest = i, 0
+            while j < len(order) and (j == i or (j - i + 1) * max(longest, rows[order[j]].length) <= self.max_noisy_tokens):
+                longest = max(longest, rows[order[j]].length)
+                j += 1
+            group = [rows[b] for b in order[i:j]]
+            ids = torch.zeros((len(group), longest), dtype=torch.long)
+            for k, r in enumerate(group):
+                ids[k, : r.length] = r.ids
+            x = emb(ids.to(device))
+            for k, r in enumerate(group):
+                x[k, r.start : r.start + r.num] += noises[r.index].to(device=device, dtype=dtype) * self.noise_std
+            h = hidden_of(body(inputs_embeds=x))
+            for k, r in enumerate(group):
+                out[r.index] = apply_head(model, head, h[k, r.need.to(device)])
+            i = j
+        return out
+
+
+def oarg_step(
+    model,
+    segments: Sequence[Segments],
+    response_ids,
+    mode: str = "answer_mean",
+    noise_std: float = 1e-3,
+    score: str = "grad_x_input",
+    generator: Optional[torch.Generator] = None,
+    **reshape,
+) -> OARGOutput:
+    """Functional form of OARGStep: OARGStep(model, mode, noise_std, score, **reshape)(...)."""
+    return OARGStep(model, mode=mode, noise_std=noise_std, score=score, **reshape)(segments, response_ids, generator)

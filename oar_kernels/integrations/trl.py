@@ -256,11 +256,6 @@ class _ScoringMode:
         return False
 
 
-def _unwrap(model):
-    inner = getattr(model, "module", None)  # DDP / DeepSpeed engine
-    return inner if isinstance(inner, torch.nn.Module) else model
-
-
 class OARGRPOTrainer(GRPOTrainer):
     """GRPOTrainer whose advantages are OAR's per-token w * A (see the module docstring).
 
@@ -281,6 +276,11 @@ class OARGRPOTrainer(GRPOTrainer):
                 "build it as OARConfig(<your GRPOConfig arguments>, oar_algo=...)"
             )
         super().__init__(model, reward_funcs, args, *rest, **kwargs)
+        if getattr(self, "_is_vlm", False):
+            raise ValueError(
+                "processing_class: OARGRPOTrainer scores text-only causal LMs; vision-language models "
+                "(a ProcessorMixin processing class) are not supported"
+            )
         self._oar_extractor = resolve_extractor(args.oar_answer_extractor)
         self._oar_generator: Optional[torch.Generator] = None
 
@@ -317,7 +317,7 @@ class OARGRPOTrainer(GRPOTrainer):
         completion_ids = batch["completion_ids"]
         lengths = batch["completion_mask"].sum(dim=1).tolist()
         advantages = batch["advantages"].tolist()
-        config = getattr(_unwrap(self.model), "config", None)
+        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
         max_len = getattr(config, "max_position_embeddings", None)
         with_answer = args.oar_pfinal_mode != "last"
         rows, segments = [], []
@@ -346,7 +346,7 @@ class OARGRPOTrainer(GRPOTrainer):
         gradient (OAR-G differentiates with respect to the input embeddings only).
         """
         args = self.args
-        model = _unwrap(self.model)
+        model = self.model  # the module TRL itself runs its extra forwards on (no DDP wrapper)
         estimator, fast = importance_function(args.oar_algo)
         with _ScoringMode(model):
             if args.oar_algo == "oar-g":

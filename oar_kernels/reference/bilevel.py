@@ -60,6 +60,8 @@ def bilevel_reshape_reference(
     """
     out = torch.empty(scores.shape, dtype=torch.float32, device=scores.device)
     B, T = scores.shape
+    if B == 0 or T == 0:
+        return out
     # On CPU, rows go in groups small enough for each temporary to stay in the L2 cache;
     # the dozen elementwise passes below then run from cache instead of memory.
     rows = max(1, _CPU_CHUNK_ELEMENTS // max(T, 1)) if scores.device.type == "cpu" else max(B, 1)

@@ -132,3 +132,12 @@ def test_quantile_is_exact():
         below = n < q
         assert torch.equal(w[~below], torch.ones_like(w[~below])), tau
         torch.testing.assert_close(w[below], (n / (q + 1e-8))[below], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (3, 0), (2, 1)])
+def test_degenerate_shapes(shape):
+    scores = torch.rand(shape)
+    mask = torch.ones(shape, dtype=torch.bool)
+    w = bilevel_reshape_triton(scores, mask, 0.25, 1.0, 0.1, True)
+    assert w.shape == shape and w.dtype == torch.float32
+    torch.testing.assert_close(w, bilevel_reshape_reference(scores, mask), **TOL)

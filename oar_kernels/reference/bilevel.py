@@ -90,18 +90,18 @@ def _reshape_rows(scores, mask, tau, beta, floor, sum_to_len, out):
 
     # quantile of n = (s - min) / span, numpy's "linear" method. n is monotone in s, so its
     # order statistics are the normalized order statistics of s (what masked_quantile gives).
-    last = (count.squeeze(1).long() - 1).clamp_min(0)
+    last = (count.long() - 1).clamp_min_(0)  # all [rows, 1] from here to q
     virtual = tau * last.to(torch.float64)
     lo = virtual.floor()
     t = (virtual - lo).to(dtype)
     lo = lo.long()
     hi = torch.minimum(lo + 1, last)
     ordered = _sort_rows(key)
-    a = (ordered.gather(1, lo.unsqueeze(1)).squeeze(1) - s_min.squeeze(1)) / span.squeeze(1)
-    b = (ordered.gather(1, hi.unsqueeze(1)).squeeze(1) - s_min.squeeze(1)) / span.squeeze(1)
+    a = (ordered.gather(1, lo) - s_min) / span
+    b = (ordered.gather(1, hi) - s_min) / span
     diff = b - a
     q = torch.where(t >= 0.5, b - diff * (1 - t), a + diff * t)  # numpy's lerp
-    q = torch.where(empty.squeeze(1), torch.zeros_like(q), q).unsqueeze(1)
+    q = torch.where(empty, 0.0, q)
 
     n = (s - s_min).div_(span)
     suppress = (n / (q + _EPS)).clamp_min_(floor)

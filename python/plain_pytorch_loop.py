@@ -23,15 +23,11 @@ from tiny_setup import answer_reward, arithmetic_problems, char_tokenizer, last_
 
 
 def importance(model, segments, algo: str, mode: str, generator):
-    """OAR-G / OAR-P scores (fast estimators; the naive oracles where those are not installed)."""
-    try:
-        fn = oar.gradient_importance if algo == "oar-g" else oar.perturbation_importance
-    except ModuleNotFoundError:
-        fn = oar.reference.gradient_importance_naive if algo == "oar-g" else oar.reference.perturbation_importance_naive
-    if algo == "oar-g":
-        return fn(model, segments, mode=mode, generator=generator)
+    """OAR-G / OAR-P scores [n, R_max] and their mask, on the model as it is now."""
+    if algo == "oar-g":  # gradient with respect to the input embeddings only
+        return oar.gradient_importance(model, segments, mode=mode, generator=generator)
     with torch.no_grad():
-        return fn(model, segments, mode=mode)
+        return oar.perturbation_importance(model, segments, mode=mode)
 
 
 def completion_mask(completions: torch.Tensor, eos_id: int) -> torch.Tensor:

@@ -29,7 +29,8 @@ import torch
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="local model folder (default: a tiny in-process model)")
-    p.add_argument("--dataset", default=None, help="local dataset file or save_to_disk folder (default: tiny arithmetic)")
+    p.add_argument("--dataset", default=None,
+                   help="local dataset file or save_to_disk folder (default: tiny arithmetic)")
     p.add_argument("--prompt-field", default="prompt")
     p.add_argument("--answer-field", default="answer")
     p.add_argument("--extractor", default=None,

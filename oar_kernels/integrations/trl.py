@@ -152,7 +152,8 @@ class OARConfig(GRPOConfig):
     oar_pfinal_mode: "last", "answer_mean" or "answer_joint"; None picks the recommended one
         ("answer_mean" for oar-g, "last" for oar-p).
     oar_noise_std: OAR-G's embedding noise; oar_score: OAR-G's "grad_x_input" or "grad_norm".
-    oar_max_batch_tokens: OAR-P's token budget per batched forward.
+    oar_max_batch_tokens: token budget of one batched scoring forward (None: the estimator's
+        default).
     oar_conclude_text: text appended after the reasoning to ask for the final answer.
     oar_answer_extractor: text -> AnswerSpan | None, as a callable or an import path; use the
         same extractor as your reward function so both agree on what the answer is. An import
@@ -169,7 +170,9 @@ class OARConfig(GRPOConfig):
     )
     oar_noise_std: float = field(default=1e-3, metadata={"help": "OAR-G embedding noise std, >= 0."})
     oar_score: str = field(default="grad_x_input", metadata={"help": "OAR-G saliency: 'grad_x_input' or 'grad_norm'."})
-    oar_max_batch_tokens: int = field(default=8192, metadata={"help": "OAR-P tokens per batched forward."})
+    oar_max_batch_tokens: Optional[int] = field(
+        default=None, metadata={"help": "Tokens per batched scoring forward (None: the estimator's default)."}
+    )
     oar_conclude_text: str = field(
         default=DEFAULT_CONCLUDE_TEXT, metadata={"help": "Text asking for the final answer after the reasoning."}
     )
@@ -190,12 +193,14 @@ class OARConfig(GRPOConfig):
         if self.oar_pfinal_mode is None:
             self.oar_pfinal_mode = "answer_mean" if self.oar_algo == "oar-g" else "last"
         if self.oar_pfinal_mode not in PFINAL_MODES:
-            raise ValueError(f"oar_pfinal_mode: expected None or one of {list(PFINAL_MODES)}, got {self.oar_pfinal_mode!r}")
+            raise ValueError(
+                f"oar_pfinal_mode: expected None or one of {list(PFINAL_MODES)}, got {self.oar_pfinal_mode!r}"
+            )
         if self.oar_score not in GRAD_SCORES:
             raise ValueError(f"oar_score: expected one of {list(GRAD_SCORES)}, got {self.oar_score!r}")
-        if isinstance(self.oar_max_batch_tokens, bool) or not isinstance(self.oar_max_batch_tokens, int) \
-                or self.oar_max_batch_tokens < 1:
-            raise ValueError(f"oar_max_batch_tokens: expected an int >= 1, got {self.oar_max_batch_tokens!r}")
+        m = self.oar_max_batch_tokens
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+            raise ValueError(f"oar_max_batch_tokens: expected None or an int >= 1, got {m!r}")
         if not isinstance(self.oar_conclude_text, str):
             raise ValueError(f"oar_conclude_text: expected a str, got {type(self.oar_conclude_text).__name__}")
         resolve_extractor(self.oar_answer_extractor)  # fails early, naming the field
@@ -207,31 +212,6 @@ class OARConfig(GRPOConfig):
         if callable(fn):  # keep the config JSON-serialisable (logging, checkpoints)
             d["oar_answer_extractor"] = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
         return d
-
-
-# --------------------------------------------------------------------------------------
-# Estimators: the fast ones from oar_kernels.importance, the naive oracles until they exist
-# --------------------------------------------------------------------------------------
-
-
-def importance_function(algo: str) -> Tuple[Callable, bool]:
-    """(estimator, is_fast) for "oar-g" / "oar-p".
-
-    The fast estimators (oar.gradient_importance / oar.perturbation_importance) are used when
-    oar_kernels.importance is installed; otherwise the naive reference versions, which take
-    the same arguments minus OAR-P's batching options.
-    """
-    name = "gradient_importance" if algo == "oar-g" else "perturbation_importance"
-    import oar_kernels
-
-    try:
-        return getattr(oar_kernels, name), True
-    except ModuleNotFoundError as err:
-        if not (err.name or "").startswith("oar_kernels.importance"):
-            raise
-    from oar_kernels import reference
-
-    return getattr(reference, name + "_naive"), False
 
 
 # --------------------------------------------------------------------------------------
@@ -347,16 +327,17 @@ class OARGRPOTrainer(GRPOTrainer):
         """
         args = self.args
         model = self.model  # the module TRL itself runs its extra forwards on (no DDP wrapper)
-        estimator, fast = importance_function(args.oar_algo)
+        import oar_kernels as oar
+
+        kwargs = {} if args.oar_max_batch_tokens is None else {"max_batch_tokens": args.oar_max_batch_tokens}
         with _ScoringMode(model):
             if args.oar_algo == "oar-g":
-                return estimator(
+                return oar.gradient_importance(
                     model, segments, mode=args.oar_pfinal_mode, noise_std=args.oar_noise_std,
-                    score=args.oar_score, generator=self._noise_generator(model),
+                    score=args.oar_score, generator=self._noise_generator(model), **kwargs,
                 )
-            kwargs = {"max_batch_tokens": args.oar_max_batch_tokens} if fast else {}
             with torch.no_grad():
-                return estimator(
+                return oar.perturbation_importance(
                     model, segments, mode=args.oar_pfinal_mode, perturb_token=self._perturb_token(), **kwargs
                 )
 
@@ -429,7 +410,6 @@ __all__ = [
     "OARConfig",
     "OARGRPOTrainer",
     "check_trl_version",
-    "importance_function",
     "resolve_extractor",
     "MIN_TRL_VERSION",
     "MAX_TRL_VERSION",

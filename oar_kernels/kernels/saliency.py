@@ -34,16 +34,18 @@ def _saliency_kernel(
     t = rows % T
     g_base = b * sg_b + t * sg_t
     x_base = b * sx_b + t * sx_t
-    acc_ty = tl.float64 if ACC_F64 else tl.float32
-    dot = tl.zeros([BLOCK_M], dtype=acc_ty)
-    sq = tl.zeros([BLOCK_M], dtype=acc_ty)
+    if ACC_F64:
+        dot = tl.zeros([BLOCK_M], dtype=tl.float64)
+    else:
+        dot = tl.zeros([BLOCK_M], dtype=tl.float32)
+    sq = tl.zeros_like(dot)
     cols0 = tl.arange(0, BLOCK_D)
     for d0 in range(0, D, BLOCK_D):
         cols = (d0 + cols0).to(tl.int64)
         m2 = rmask[:, None] & (cols < D)[None, :]
         # upcast right after loading: no 16-bit arithmetic anywhere
-        g = tl.load(G + g_base[:, None] + cols[None, :] * sg_d, mask=m2, other=0.0).to(acc_ty)
-        x = tl.load(X + x_base[:, None] + cols[None, :] * sx_d, mask=m2, other=0.0).to(acc_ty)
+        g = tl.load(G + g_base[:, None] + cols[None, :] * sg_d, mask=m2, other=0.0).to(dot.dtype)
+        x = tl.load(X + x_base[:, None] + cols[None, :] * sx_d, mask=m2, other=0.0).to(dot.dtype)
         dot += tl.sum(g * x, axis=1)
         sq += tl.sum(g * g, axis=1)
     gxi = tl.abs(dot).to(tl.float32)

@@ -165,14 +165,16 @@ def test_chunk_kernels(poisoned):
     torch.testing.assert_close(zt - lse, rlp, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(ent, rent, atol=2e-5, rtol=1e-5)
     # d logits against autograd through log_softmax
-    g, gh = torch.randn(7), torch.randn(7)
+    gen = torch.Generator().manual_seed(3)
+    g, gh = torch.randn(7, generator=gen), torch.randn(7, generator=gen)
     out = torch.full_like(z, float("nan"))
     K.chunk_dlogits(z, out, t, lse, g, 0.6, gh, ent)
     zz = z.clone().requires_grad_(True)
     ls = torch.log_softmax(zz / 0.6, dim=-1)
     loss = (ls.gather(1, t[:, None]).squeeze(1) * g).sum() + (-(ls.exp() * ls).sum(1) * gh).sum()
     (ref,) = torch.autograd.grad(loss, zz)
-    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    # fp32 vs fp32 autograd; the entropy term p (log p + H) adds a few ulps of |log p|
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     # in place (out is z itself), without the entropy term
     zz2 = z.clone()
     K.chunk_dlogits(zz2, zz2, t, lse, g, 0.6)

@@ -85,9 +85,12 @@ def _fused_fwd_kernel(
         m_new = tl.maximum(m, tl.max(z, axis=1))
         alpha = tl.exp(m - m_new)
         p = tl.exp(z - m_new[:, None])
-        s = s * alpha + tl.sum(p, axis=1)
         if ENTROPY:
-            st = st * alpha + tl.sum(p * tl.where(cmask[None, :], z, 0.0), axis=1)
+            # st = sum p (z - m), kept relative to the running max: H = log s - st / s then
+            # has no cancellation between two large numbers (lse - E[z] would)
+            shift = tl.where(s > 0, s * (m - m_new), 0.0)
+            st = alpha * (st + shift) + tl.sum(p * tl.where(cmask[None, :], z - m_new[:, None], 0.0), axis=1)
+        s = s * alpha + tl.sum(p, axis=1)
         hit = (cols64[None, :] == tgt[:, None]) & cmask[None, :]
         zt += tl.sum(tl.where(hit, z, 0.0), axis=1)
         m = m_new
@@ -119,12 +122,14 @@ def _chunk_stats_kernel(
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp(m - m_safe)
         p = tl.where(cmask, tl.exp(tl.where(cmask, z, 0.0) - m_safe), 0.0)
-        s = s * alpha + p
         if ENTROPY:
-            st = st * alpha + p * tl.where(cmask, z, 0.0)
+            shift = tl.where(s > 0, s * (m - m_safe), 0.0)
+            st = alpha * (st + shift) + p * tl.where(cmask, z - m_safe, 0.0)
+        s = s * alpha + p
         m = m_new
     mx = tl.max(m, axis=0)
-    scale = tl.where(m == float("-inf"), 0.0, tl.exp(m - mx))
+    live = m != float("-inf")
+    scale = tl.where(live, tl.exp(m - mx), 0.0)
     s_tot = tl.sum(s * scale, axis=0)
     lse = mx + tl.log(s_tot)
     tgt = tl.load(TGT + row).to(tl.int64)
@@ -132,7 +137,8 @@ def _chunk_stats_kernel(
     tl.store(OUT_LSE + row, lse)
     tl.store(OUT_ZT + row, zt)
     if ENTROPY:
-        tl.store(OUT_ENT + row, lse - tl.sum(st * scale, axis=0) / s_tot)
+        u = tl.sum(tl.where(live, scale * (st + s * (m - mx)), 0.0), axis=0)
+        tl.store(OUT_ENT + row, tl.log(s_tot) - u / s_tot)
 
 
 @triton.jit
@@ -209,8 +215,9 @@ def fused_forward(
     part_s = _empty((num_splits, N), dev, f32)
     part_t = _empty((num_splits, N), dev, f32)
     part_st = _empty((num_splits, N), dev, f32) if entropy else part_s
-    # fp32 inputs get true fp32 products (no silent TF32); 16-bit ones are exact in fp32 anyway
-    precision = "ieee"
+    # fp32 inputs get true fp32 products (no silent TF32); for 16-bit inputs the setting does
+    # not apply (tensor-core MMA, fp32 accumulation). The interpreter sees upcast fp32 tiles.
+    precision = "ieee" if (interp or hidden.dtype == torch.float32) else "tf32"
     grid = (n_row_blocks * num_splits,)
     _fused_fwd_kernel[grid](
         hidden, weight, bias if bias is not None else hidden, targets,
@@ -228,8 +235,9 @@ def fused_forward(
     lse = mx + torch.log(s_tot)
     zt = part_t.sum(dim=0)
     ent = None
-    if entropy:
-        ent = lse - (part_st * scale).sum(dim=0) / s_tot
+    if entropy:  # partial sums of p (z - m_i) moved to the common max
+        u = (scale * (part_st + part_s * (part_m - mx))).sum(dim=0)
+        ent = torch.log(s_tot) - u / s_tot
     return zt, lse, ent
 
 

@@ -71,34 +71,54 @@ def check_lm_head_args(hidden, weight, targets, bias, temperature, backend, hidd
 
 # ----------------------------------------------------------------------------- GEMM helpers
 
-_F32_MM_OK: dict = {}
+_F32_MM: dict = {}
+
+
+def _f32_gemm_ok(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether torch.mm / torch.addmm take out_dtype=float32 for 16-bit operands here and give
+    the right numbers (checked once per device and dtype on a small product)."""
+    key = (str(device), dtype)
+    if key not in _F32_MM:
+        ok = False
+        try:
+            g = torch.Generator(device="cpu").manual_seed(0)
+            a32 = torch.randn(64, 48, generator=g).to(device)
+            b32 = torch.randn(48, 80, generator=g).to(device)
+            a, b = a32.to(dtype), b32.to(dtype)
+            want = a.float() @ b.float()
+            acc = torch.ones(64, 80, device=device)
+            got = torch.mm(a, b, out_dtype=torch.float32)
+            torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+            ok = bool(
+                got.dtype == torch.float32
+                and torch.allclose(got, want, atol=1e-3, rtol=1e-3)
+                and torch.allclose(acc, want + 1, atol=1e-3, rtol=1e-3)
+            )
+        except Exception:  # older torch, or no fp32-output GEMM for this backend
+            ok = False
+        _F32_MM[key] = ok
+    return _F32_MM[key]
 
 
 def _mm_f32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out (fp32) = a @ b for 16-bit a, b on CUDA: cuBLAS with fp32 output when torch has it
-    (no rounding of logits to bf16), else a rounded product upcast."""
+    """out (fp32) = a @ b. For 16-bit a, b (CUDA) cuBLAS writes fp32 directly when torch can
+    (logits not rounded to bf16); otherwise the 16-bit product is upcast."""
     if a.dtype == out.dtype:
         return torch.mm(a, b, out=out)
-    if _F32_MM_OK.get("mm", True):
-        try:
-            return out.copy_(torch.mm(a, b, out_dtype=out.dtype))
-        except Exception:  # older torch / backend without out_dtype
-            _F32_MM_OK["mm"] = False
+    if _f32_gemm_ok(a.device, a.dtype):
+        return out.copy_(torch.mm(a, b, out_dtype=out.dtype))
     return out.copy_(torch.mm(a, b))
 
 
 def _addmm_acc_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """acc += a @ b with acc in fp32/fp64 whatever the operands' dtype."""
+    """acc += a @ b with acc in fp32/fp64 whatever the operands' dtype (no [V, D] temporary
+    when cuBLAS can accumulate into the fp32 buffer itself)."""
     if a.dtype == acc.dtype:
         acc.addmm_(a, b)
-        return
-    if _F32_MM_OK.get("mm", True):
-        try:
-            acc.add_(torch.mm(a, b, out_dtype=acc.dtype))
-            return
-        except Exception:
-            _F32_MM_OK["mm"] = False
-    acc.add_(torch.mm(a, b))
+    elif _f32_gemm_ok(a.device, a.dtype):
+        torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+    else:
+        acc.add_(torch.mm(a, b))
 
 
 # ----------------------------------------------------------------------------- torch chunk math
@@ -124,12 +144,15 @@ def _torch_stats_keep(z: torch.Tensor, t: torch.Tensor, entropy: bool, scratch: 
     can be turned into gradients without a second GEMM."""
     zt = z.gather(1, t.unsqueeze(1)).squeeze(1)
     mx = z.amax(dim=1, keepdim=True)
-    e = torch.sub(z, mx, out=scratch).exp_()
-    s = e.sum(dim=1)
-    lse = mx.squeeze(1) + s.log()
+    y = torch.sub(z, mx, out=scratch)
     if not entropy:
-        return zt, lse, None
-    return zt, lse, lse - e.mul_(z).sum(dim=1) / s
+        s = y.exp_().sum(dim=1)
+        return zt, mx.squeeze(1) + s.log(), None
+    e = torch.exp(y)
+    s = e.sum(dim=1)
+    logs = s.log()
+    # H = log s - sum e (z - mx) / s: no cancellation between lse and E[z]
+    return zt, mx.squeeze(1) + logs, logs - e.mul_(y).sum(dim=1) / s
 
 
 def _torch_dlogits(z, t, lse, g, inv_t, g_ent, ent, scratch):

@@ -141,3 +141,20 @@ def test_degenerate_shapes(shape):
     w = bilevel_reshape_triton(scores, mask, 0.25, 1.0, 0.1, True)
     assert w.shape == shape and w.dtype == torch.float32
     torch.testing.assert_close(w, bilevel_reshape_reference(scores, mask), **TOL)
+
+
+def test_benchmark_gpu_rows_run_blind():
+    """benchmarks/bench_bilevel.py:gpu_rows runs end to end (tiny sizes, CPU interpreter)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_bilevel.py"
+    spec = importlib.util.spec_from_file_location("bench_bilevel_under_test", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.gpu_rows("cpu", batch=3, seq=40, long_shape=(1, 70), repeats=1)
+    assert len(rows) == 5
+    for row in rows:
+        assert set(row) == {"op", "shape", "metric", "value", "target", "ok"}
+        assert "error" not in row["metric"], row
+    assert all(r["ok"] for r in rows[1:])  # correctness rows; the speed row is meaningless here

@@ -88,7 +88,7 @@ def _fused_fwd_kernel(
         if ENTROPY:
             # st = sum p (z - m), kept relative to the running max: H = log s - st / s then
             # has no cancellation between two large numbers (lse - E[z] would)
-            shift = tl.where(s > 0, s * (m - m_new), 0.0)
+            shift = s * tl.where(s > 0, m - m_new, 0.0)
             st = alpha * (st + shift) + tl.sum(p * tl.where(cmask[None, :], z - m_new[:, None], 0.0), axis=1)
         s = s * alpha + tl.sum(p, axis=1)
         hit = (cols64[None, :] == tgt[:, None]) & cmask[None, :]
@@ -123,7 +123,7 @@ def _chunk_stats_kernel(
         alpha = tl.exp(m - m_safe)
         p = tl.where(cmask, tl.exp(tl.where(cmask, z, 0.0) - m_safe), 0.0)
         if ENTROPY:
-            shift = tl.where(s > 0, s * (m - m_safe), 0.0)
+            shift = s * tl.where(s > 0, m - m_safe, 0.0)
             st = alpha * (st + shift) + p * tl.where(cmask, z - m_safe, 0.0)
         s = s * alpha + p
         m = m_new
@@ -137,7 +137,7 @@ def _chunk_stats_kernel(
     tl.store(OUT_LSE + row, lse)
     tl.store(OUT_ZT + row, zt)
     if ENTROPY:
-        u = tl.sum(tl.where(live, scale * (st + s * (m - mx)), 0.0), axis=0)
+        u = tl.sum(scale * (st + s * tl.where(live, m - mx, 0.0)), axis=0)
         tl.store(OUT_ENT + row, tl.log(s_tot) - u / s_tot)
 
 

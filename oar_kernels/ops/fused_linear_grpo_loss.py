@@ -49,7 +49,7 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
                 (g,) = torch.autograd.grad((loss_t * coef[sl]).sum(), lp)
             return g, None
 
-        dh, dW, db, logp, _ = lm_head_pass(
+        dh, dW, db, logp, _, _ = lm_head_pass(
             hidden, weight, bias, targets, state["temperature"], state["use_triton"], grads,
             need_dh=need_dh, need_dw=need_dw, need_db=need_db and bias is not None,
         )

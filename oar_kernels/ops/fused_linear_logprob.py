@@ -23,6 +23,11 @@ INDEX_DTYPES = (torch.int64, torch.int32)
 # force many chunks.
 CHUNK_BYTES = {"cpu": 64 << 20, "cuda": 512 << 20}
 
+# How the Triton backend forms the forward log-probs: "fused" (one kernel, tl.dot + online
+# log-sum-exp, no logits in memory) or "chunked" (cuBLAS logits per row chunk + a row-stats
+# kernel: one [chunk, V] buffer, GEMM at cuBLAS speed). benchmarks/gpu_check.py times both.
+TRITON_FORWARD = "fused"
+
 
 def chunk_rows(n_rows: int, vocab: int, device: torch.device) -> int:
     budget = CHUNK_BYTES.get(device.type, CHUNK_BYTES["cpu"])
@@ -194,8 +199,8 @@ def lm_head_pass(
     If `lse` is None the chunk's statistics are computed here and grad_fn(sl, logp, ent)
     gives (g_logp, g_ent or None) for rows sl; otherwise (backward) lse is given and
     grad_fn(sl, None, None) returns (g_logp, g_ent or None, ent or None).
-    Returns (dh, dW, db, logp, ent): grads in the compute dtype (fp32, fp64 for fp64
-    inputs; dh in hidden's dtype), logp/ent the forward statistics when computed here.
+    Returns (dh, dW, db, logp, ent, lse): grads in the compute dtype (fp32, fp64 for fp64
+    inputs; dh in hidden's dtype), logp/ent/lse the forward statistics when computed here.
     """
     N, D = hidden.shape
     V = weight.shape[0]
@@ -216,11 +221,13 @@ def lm_head_pass(
     db = torch.zeros((V,), device=dev, dtype=cd) if need_db else None
     logp_all = torch.empty((N,), device=dev, dtype=cd) if compute_stats else None
     ent_all = torch.empty((N,), device=dev, dtype=cd) if (compute_stats and entropy) else None
+    lse_all = torch.empty((N,), device=dev, dtype=cd) if compute_stats else None
 
     zbuf = torch.empty((rows, V), device=dev, dtype=cd)
     need_scratch = not use_triton and (entropy or compute_stats)
     scratch = torch.empty((rows, V), device=dev, dtype=cd) if need_scratch else None
-    dzbuf = torch.empty((rows, V), device=dev, dtype=hidden.dtype) if (native_gemm and hidden.dtype != cd) else None
+    any_grad = need_dh or need_dw or need_db
+    dzbuf = torch.empty((rows, V), device=dev, dtype=hidden.dtype) if (any_grad and native_gemm and hidden.dtype != cd) else None
 
     for start in range(0, N, rows):
         sl = slice(start, min(N, start + rows))
@@ -247,6 +254,7 @@ def lm_head_pass(
                 zt, lse_c, ent_c = _torch_stats_keep(z, t_c, entropy, scratch[:n])
             logp_c = zt.to(cd) - lse_c.to(cd)
             logp_all[sl] = logp_c
+            lse_all[sl] = lse_c
             if ent_all is not None:
                 ent_all[sl] = ent_c
             g, g_ent = grad_fn(sl, logp_c, ent_c)
@@ -278,17 +286,22 @@ def lm_head_pass(
             _addmm_acc_(dW, dz.t(), h_c if dz.dtype == h_c.dtype else h_c.to(dz.dtype))
         if need_db:
             db.add_(dz.sum(dim=0, dtype=cd))
-    return dh, dW, db, logp_all, ent_all
+    return dh, dW, db, logp_all, ent_all, lse_all
 
 
 class _FusedLinearLogprob(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, temperature, return_entropy, use_triton):
-        if use_triton:
+        if use_triton and TRITON_FORWARD == "fused":
             from ..kernels.linear_logprob import fused_forward
 
             zt, lse, ent = fused_forward(hidden, weight, targets, bias, temperature, return_entropy)
             logp = zt - lse
+        elif use_triton:
+            _, _, _, logp, ent, lse = lm_head_pass(
+                hidden, weight, bias, targets, temperature, True, lambda sl, lp, e: (None, None),
+                entropy=return_entropy, need_dh=False, need_dw=False,
+            )
         else:
             logp, ent, lse = _torch_forward(hidden, weight, bias, targets, temperature, return_entropy)
         ctx.save_for_backward(hidden, weight, bias, targets, lse, ent)
@@ -316,7 +329,7 @@ class _FusedLinearLogprob(torch.autograd.Function):
                 return g_logp[sl], None, None
             return g_logp[sl], g_ent[sl], ent[sl]
 
-        dh, dW, db, _, _ = lm_head_pass(
+        dh, dW, db, _, _, _ = lm_head_pass(
             hidden, weight, bias, targets, ctx.temperature, ctx.use_triton, grads, lse=lse,
             entropy=g_ent is not None, need_dh=need_dh, need_dw=need_dw, need_db=need_db and bias is not None,
         )

@@ -189,7 +189,7 @@ def correctness_rows(device, dry: bool):
                 loss, m = oar.fused_linear_grpo_loss(h3, w, t2, old, adv, mask, temperature=0.9, bias=b, backend=backend, **kw)
                 rlp = linear_logprob_reference(h3.view(-1, D), w, t, b, 0.9).view(B, T)
                 rl, rm = oar.grpo_loss(rlp, old, adv, mask, **kw)
-                le = abs(float(loss) - float(rl)) / max(abs(float(rl)), 1e-6)
+                le = abs(loss.item() - rl.item()) / max(abs(rl.item()), 1e-6)
                 me = max(abs(float(m[k]) - float(rm[k])) for k in rm)
                 gs = torch.autograd.grad(loss, (h3, w, b))
                 rs = torch.autograd.grad(rl, (h3, w, b))
@@ -218,7 +218,7 @@ def correctness_rows(device, dry: bool):
                 loss, _ = oar.fused_linear_grpo_loss(h3, w, t2, old, adv, mask, loss_type=loss_type, bias=b, backend=backend)
                 gs = torch.autograd.grad(loss, (h3, w, b))
                 rs = torch.autograd.grad(ll, (h3, w, b))
-                err = max([abs(float(loss) - float(ll)) / max(abs(float(ll)), 1e-6)] + [_max_rel(x, y) for x, y in zip(gs, rs)])
+                err = max([abs(loss.item() - ll.item()) / max(abs(ll.item()), 1e-6)] + [_max_rel(x, y) for x, y in zip(gs, rs)])
                 rows.append(_row("fused_linear_grpo_loss", shp, "max rel err vs liger (loss, grads)", err, "<= 1e-4", err <= 1e-4))
             except Exception as e:  # noqa: BLE001
                 rows.append(_err_row("fused_linear_grpo_loss", shp, "vs liger", e))

@@ -88,6 +88,15 @@ def test_on_policy_token_advantages_no_bias(backend):
     assert_grads(loss, rl, [h, w])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_single_token(backend):
+    h, w, b, t, mask, old, _, adv = make(1, 1, 8, 13)
+    loss, _ = oar.fused_linear_grpo_loss(h, w, t, old, adv, mask, bias=b, backend=backend)
+    rl, _ = ref_loss(h, w, b, t, old, adv, mask)
+    torch.testing.assert_close(loss, rl, atol=1e-6, rtol=1e-5)
+    assert_grads(loss, rl, [h, w, b])
+
+
 def test_padding_ids_at_masked_positions_and_all_masked():
     B, T, D, V = 2, 4, 8, 19
     h, w, b, t, mask, old, _, adv = make(B, T, D, V)

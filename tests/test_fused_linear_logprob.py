@@ -103,6 +103,15 @@ def test_gradcheck_float64_torch_path():
     assert torch.autograd.gradcheck(f, (h, w, b), eps=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch(backend):
+    h, w, b, t = make(0, 8, 10)
+    out = oar.fused_linear_logprob(h, w, t, bias=b, backend=backend)
+    assert out.shape == (0,)
+    gh, gw, gb = torch.autograd.grad(out.sum(), (h, w, b), allow_unused=True)
+    assert gh.shape == (0, 8) and torch.count_nonzero(gw) == 0
+
+
 def test_float64_reference_tight():
     h, w, b, t = make(9, 12, 31, dtype=torch.float64)
     out = oar.fused_linear_logprob(h, w, t, bias=b, backend="torch")

@@ -194,6 +194,9 @@ def fused_forward(
     N, D = hidden.shape
     V = weight.shape[0]
     dev = hidden.device
+    if N == 0:
+        empty = torch.empty(0, device=dev, dtype=torch.float32)
+        return empty, empty.clone(), (empty.clone() if entropy else None)
     interp = _interpreting() or not hidden.is_cuda
     if hidden.dtype == torch.float32:
         BLOCK_N, BLOCK_V, BLOCK_D, warps = 32, 64, 32, 4

@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     p.add_argument("--grpo-rounds", dest="grpo_rounds", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch threads in each child (0: torch default)")
     p.add_argument("--grpo-b", dest="grpo_b", type=int, default=8)
-    p.add_argument("--grpo-t", dest="grpo_t", type=int, default=256)
+    p.add_argument("--grpo-t", dest="grpo_t", type=int, default=128)
     p.add_argument("--grpo-d", dest="grpo_d", type=int, default=256)
     p.add_argument("--grpo-v", dest="grpo_v", type=int, default=32768)
     p.add_argument("--skip-grpo", action="store_true")

@@ -115,6 +115,17 @@ def test_padding_ids_at_masked_positions_and_all_masked():
         assert torch.count_nonzero(g) == 0
 
 
+def test_no_grad_forward_only():
+    B, T, D, V = 2, 3, 8, 21
+    h, w, b, t, mask, old, _, adv = make(B, T, D, V)
+    with torch.no_grad():
+        loss, m = oar.fused_linear_grpo_loss(h, w, t, old, adv, mask, bias=b, backend="torch")
+    rl, rm = ref_loss(h, w, b, t, old, adv, mask)
+    assert not loss.requires_grad
+    torch.testing.assert_close(loss, rl.detach(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(m["ratio_mean"], rm["ratio_mean"])
+
+
 def test_grad_output_scales():
     B, T, D, V = 2, 3, 8, 21
     h, w, b, t, mask, old, _, adv = make(B, T, D, V)

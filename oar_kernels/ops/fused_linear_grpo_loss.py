@@ -40,7 +40,11 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
         old, adv, ref, coef = state["old"], state["adv"], state["ref"], state["coef"]
         eps_lo, eps_hi, beta = state["epsilon"], state["epsilon_high"], state["beta"]
 
+        any_grad = state["grad_enabled"] and (need_dh or need_dw or (need_db and bias is not None))
+
         def grads(sl, logp_c, _ent):
+            if not any_grad:  # e.g. under torch.no_grad(): log-probs only, no d logits
+                return None, None
             with torch.enable_grad():
                 lp = logp_c.detach().requires_grad_(True)
                 o = lp.detach() if old is None else old[sl]
@@ -154,6 +158,7 @@ def fused_linear_grpo_loss(
         "coef": coef.reshape(-1).contiguous(),
         "epsilon": epsilon, "epsilon_high": epsilon_high, "beta": beta,
         "mask": mask, "agg": (loss_type, num_sequences, num_items_in_batch, max_completion_length),
+        "grad_enabled": torch.is_grad_enabled(),
         "temperature": float(temperature), "use_triton": use == "triton", "shape": (B, T),
     }
     loss = _FusedLinearGRPOLoss.apply(h2, weight, bias, t1.contiguous(), state)

@@ -50,6 +50,11 @@ from ._common import (
 )
 
 
+# Longest packed row, in sequence lengths: each query scores (sequence + row) keys, most of
+# them masked out, so long rows cost attention work without saving anything (benchmarked).
+ROW_FACTOR = 1.0
+
+
 def _resolve_perturb_token(model, perturb_token, vocab: int) -> int:
     if perturb_token is None:
         perturb_token = default_perturb_token(model)
@@ -140,7 +145,7 @@ def _score_group_reuse(net: _Body, group: List[Row], mode, perturb, budget, scor
     # Row capacity: the budget shared by the g rows, but never below one whole suffix, and at
     # most ~2 sequence lengths (keys per query are prefix + row, so longer rows only add
     # masked-out attention work).
-    cap = max(longest_suffix, min(budget // g, 2 * le_max))
+    cap = max(longest_suffix, min(budget // g, int(ROW_FACTOR * le_max)))
 
     # 1. Unperturbed pass: fills the prefix cache and gives the baseline P_final.
     ids = torch.full((g, le_max), perturb, dtype=torch.long)

@@ -60,6 +60,7 @@ from ._common import (
     make_row,
     outcome,
 )
+from . import _cache
 from ._saliency import Saliency
 from .gradient import check_generator
 
@@ -212,7 +213,7 @@ class OARGStep:
         weights = torch.ones(B, N, dtype=torch.float32, device=device)
         if rows:
             z_sel = self._branch(rows, cache, hidden, T, device)  # {b: [k_b, V]} with graph
-            cot = self._cotangents(rows, z_sel, generator, dim, device)
+            cot = self._cotangents(rows, z_sel, generator, dim, device, cache, B)
             order = sorted(rows)
             gxi, gn = sal.backward(
                 [z_sel[b] for b in order], [cot[b] for b in order], retain_graph=True
@@ -280,7 +281,7 @@ class OARGStep:
         return z
 
     # ------------------------------------------------------------------------------------
-    def _cotangents(self, rows, z_sel, generator, dim, device) -> Dict[int, torch.Tensor]:
+    def _cotangents(self, rows, z_sel, generator, dim, device, cache=None, B=0) -> Dict[int, torch.Tensor]:
         """c_b = dJ_b/dz_b: at the clean logits (answer_joint) or at the noisy ones (KL modes)."""
         mode = self.mode
         cot = {}
@@ -292,7 +293,12 @@ class OARGStep:
                     (c,) = torch.autograd.grad(gradient_objective(phi.detach(), phi, mode), [leaf])
                 cot[b] = c.to(z.dtype)
             return cot
-        noisy = self._noisy_logits(rows, generator, dim, device)
+        noises = {b: draw_noise(rows[b].num, dim, generator) for b in sorted(rows)}  # the oracle's order
+        layers = getattr(cache, "layers", None)
+        if layers and all(getattr(layer, "keys", None) is not None for layer in layers) and _cache.available():
+            noisy = self._noisy_logits_reuse(rows, noises, layers, B, device)
+        else:  # pragma: no cover - caches without per-layer tensors
+            noisy = self._noisy_logits(rows, noises, device)
         for b, z in z_sel.items():
             clean = outcome(z.detach(), mode, rows[b].answer)
             leaf = noisy[b].detach().requires_grad_(True)
@@ -302,12 +308,47 @@ class OARGStep:
         return cot
 
     @torch.no_grad()
-    def _noisy_logits(self, rows, generator, dim, device) -> Dict[int, torch.Tensor]:
-        """No-grad forward of the scoring sequences with noise at the reasoning embeddings."""
+    def _noisy_logits_reuse(self, rows, noises, layers, B, device) -> Dict[int, torch.Tensor]:
+        """No-grad noisy forward of reasoning + conclude (+ answer) only: the prompt's keys and
+        values are the policy forward's (noise never touches the prompt, and causal attention
+        makes prompt states independent of what follows), read through a prefix cache."""
+        model, emb, body, head = self.model, self.emb, self.body, self.head
+        dtype = emb.weight.dtype
+        p_max = max(r.start for r in rows.values())
+        q = max(r.length - r.start for r in rows.values())
+        ids = torch.zeros((B, q), dtype=torch.long)
+        pos = torch.zeros((B, q), dtype=torch.long)
+        bound = torch.zeros((B, q), dtype=torch.long)  # prompt keys < bound are visible
+        valid = torch.zeros((B, q), dtype=torch.bool)
+        for b, r in rows.items():
+            n = r.length - r.start
+            ids[b, :n] = r.ids[r.start :]
+            pos[b, :n] = r.start + torch.arange(n)
+            bound[b, :n] = r.start
+            valid[b, :n] = True
+        x = emb(ids.to(device))
+        for b, r in rows.items():
+            x[b, : r.num] += noises[b].to(device=device, dtype=dtype) * self.noise_std
+        scratch = _cache.Cache(layers=[])
+        for layer in layers:
+            new = _cache.PrefixScratchLayer(extra=q)
+            new.lazy_initialization(layer.keys[:, :, :p_max].detach(), layer.values[:, :, :p_max].detach())
+            scratch.layers.append(new)
+        see_prompt = torch.arange(p_max)[None, None, :] < bound[:, :, None]
+        qi = torch.arange(q)
+        see_own = ((qi[None, None, :] <= qi[None, :, None]) & valid[:, None, :]) | torch.eye(q, dtype=torch.bool)[None]
+        allowed = torch.cat([see_prompt, see_own], dim=-1)
+        mask4 = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+        h = hidden_of(body(inputs_embeds=x, attention_mask=mask4[:, None].to(device), position_ids=pos.to(device),
+                           past_key_values=scratch, use_cache=True))
+        return {b: apply_head(model, head, h[b, (r.need - r.start).to(device)]) for b, r in rows.items()}
+
+    @torch.no_grad()
+    def _noisy_logits(self, rows, noises, device) -> Dict[int, torch.Tensor]:
+        """No-grad forward of the whole scoring sequences with noise at the reasoning embeddings."""
         model, emb, body, head = self.model, self.emb, self.body, self.head
         dtype = emb.weight.dtype
         order = sorted(rows)
-        noises = {b: draw_noise(rows[b].num, dim, generator) for b in order}  # the oracle's order
         out = {}
         i = 0
         while i < len(order):

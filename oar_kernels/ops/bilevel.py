@@ -43,9 +43,10 @@ def bilevel_reshape(
     check_number("floor", floor, lo=0.0, hi=1.0)
     if not isinstance(sum_to_len, bool):
         raise ValueError(f"sum_to_len: expected a bool, got {sum_to_len!r}")
-    # Cheap common case first: an all-finite tensor needs no masked gather. Padding may hold
+    # Cheap common case first: a finite sum proves every element finite (NaN and Inf
+    # propagate through a sum; an overflow only sends us to the exact check). Padding may hold
     # NaN/Inf legitimately, so only then look at the masked positions.
-    if not torch.isfinite(scores).all() and not torch.isfinite(scores[mask]).all():
+    if not torch.isfinite(scores.sum()) and not torch.isfinite(scores[mask]).all():
         raise ValueError("scores: contains NaN or Inf at masked positions")
     if resolve_backend(backend, scores) == "triton":
         from ..kernels.bilevel import bilevel_reshape_triton

@@ -235,8 +235,9 @@ def step_rows(model, segs, device, repeats, modes=("answer_mean", "answer_joint"
     adv = torch.linspace(-1, 1, len(segs), device=device)
     model.train()
     methods = {"GRPO step (forward + loss backward)": lambda: grpo_step(model, inputs, adv)}
-    for mode in modes:
-        step = OARGStep(model, mode=mode)
+    variants = [(m, "exact") for m in modes] + [(m, "linearized") for m in modes if m != "answer_joint"]
+    for mode, kl in variants:
+        step = OARGStep(model, mode=mode, kl_grad=kl)
 
         def oarg(step=step):
             out = step(segs, resps)
@@ -244,7 +245,7 @@ def step_rows(model, segs, device, repeats, modes=("answer_mean", "answer_joint"
             loss.backward()
             model.zero_grad(set_to_none=True)
 
-        methods[f"OAR-G step ({mode})"] = oarg
+        methods[f"OAR-G step ({mode})" if kl == "exact" else f"OAR-G step ({mode}, linearized)"] = oarg
     if three_pass:
         def three():
             s, m = gradient_importance_naive(model, segs, "answer_mean")
@@ -302,6 +303,9 @@ def fidelity_rows(model, segs, oarp_scores: dict):
         rows.append((f"Spearman OAR-G vs OAR-P ({mode})", spearman_mean(g1, sp, smask)))
         rows.append((f"Spearman OAR-G step form vs OAR-P ({mode})", spearman_mean(out.scores.detach(), sp, smask)))
         rows.append((f"Spearman OAR-G step form vs OAR-G, same draw ({mode})", spearman_mean(out.scores.detach(), g1, m1)))
+        if mode != "answer_joint":
+            lin = OARGStep(model, mode=mode, kl_grad="linearized")(segs, resps, generator=torch.Generator().manual_seed(1))
+            rows.append((f"Spearman OAR-G step form (linearized) vs OAR-G, same draw ({mode})", spearman_mean(lin.scores.detach(), g1, m1)))
         if mode != "answer_joint":
             rows.append((f"Spearman OAR-G draw 1 vs draw 2 ({mode})", spearman_mean(g1, g2, m1)))
         model.zero_grad(set_to_none=True)
@@ -384,8 +388,12 @@ def _row(op, shape, metric, value, target, ok):
     return {"op": op, "shape": shape, "metric": metric, "value": value, "target": target, "ok": bool(ok)}
 
 
+QWEN_05B = dict(arch="qwen2", hidden=896, layers=24, heads=14, kv_heads=2, intermediate=4864, vocab=151936,
+                max_pos=32768, dtype=torch.bfloat16)
+
+
 def gpu_rows(device, prompt=512, reasoning=2048, conclude=12, answer=4, responses=4, naive_forwards=32,
-             budget=16384, repeats=3) -> list[dict]:
+             budget=16384, repeats=3, model_kwargs=None) -> list[dict]:
     """Rows for benchmarks/gpu_check.py on a Qwen2-0.5B-shaped model from a config (bf16).
 
     OAR-P prefix reuse vs the naive oracle (extrapolated from `naive_forwards` forwards of the
@@ -396,24 +404,24 @@ def gpu_rows(device, prompt=512, reasoning=2048, conclude=12, answer=4, response
     rows = []
     shp = f"B={responses} P={prompt} R={reasoning} C+A={conclude + answer}"
     try:
-        model = build_model("qwen2", hidden=896, layers=24, heads=14, kv_heads=2, intermediate=4864, vocab=151936,
-                            max_pos=32768, dtype=torch.bfloat16, device=device)
+        mk = dict(QWEN_05B if model_kwargs is None else model_kwargs)
+        model = build_model(**mk, device=device)
         nparams = sum(p.numel() for p in model.parameters())
-        segs = make_segments(responses, prompt, reasoning, conclude, answer, 151936)
+        vocab = mk["vocab"]
+        segs = make_segments(responses, prompt, reasoning, conclude, answer, vocab)
     except Exception as e:  # noqa: BLE001
         return [_row("importance", shp, f"model build failed: {e!r}", None, "", False)]
     try:
         t_ours, mem_ours, _ = peak_extra_memory(lambda: oar.perturbation_importance(model, segs, "last", max_batch_tokens=budget), device)
-        s = segs[0]
-        cut = s.num_reasoning - naive_forwards
-        probe = Segments(torch.cat([s.prompt_ids, s.reasoning_ids[:cut]]), s.reasoning_ids[cut:], s.conclude_ids, s.answer_ids)
+        probe = probe_segment(segs[0], naive_forwards)
         t_probe, mem_naive, _ = peak_extra_memory(lambda: perturbation_importance_naive(model, [probe], "last"), device)
-        t_naive = t_probe / (naive_forwards + 1) * responses * (reasoning + 1)
+        t_naive = t_probe / (naive_forwards + 1) * responses * (reasoning + 1)  # same-shape forwards
         rows.append(_row("perturbation_importance", shp, f"speed-up vs naive, last ({nparams / 1e6:.0f}M params; ours {t_ours:.1f} s, naive {t_naive:.0f} s extrapolated)",
                          t_naive / t_ours, f">= {P_TARGET}", t_naive / t_ours >= P_TARGET))
-        t_plain, _, _ = peak_extra_memory(lambda: oar.perturbation_importance(model, segs[:1], "last", max_batch_tokens=budget, prefix_reuse=False), device)
-        rows.append(_row("perturbation_importance", shp, "speed-up vs plain batched path (prefix_reuse=False)", t_plain * responses / t_ours, "", True))
-        ids = torch.randint(3, 151936, (max(1, budget // (prompt + reasoning + conclude + answer)), prompt + reasoning + conclude + answer), device=device)
+        t_pp, _, _ = peak_extra_memory(lambda: oar.perturbation_importance(model, [probe], "last", max_batch_tokens=budget, prefix_reuse=False), device)
+        t_plain = t_pp / (naive_forwards + 1) * responses * (reasoning + 1)
+        rows.append(_row("perturbation_importance", shp, f"speed-up vs plain batched path (prefix_reuse=False, {t_plain:.0f} s extrapolated)", t_plain / t_ours, "", True))
+        ids = torch.randint(3, vocab, (max(1, budget // (prompt + reasoning + conclude + answer)), prompt + reasoning + conclude + answer), device=device)
         with torch.no_grad():
             _, mem_budget, _ = peak_extra_memory(lambda: model.get_decoder()(input_ids=ids).last_hidden_state.sum(), device)
         rows.append(_row("perturbation_importance", shp, f"peak extra memory / one {budget}-token forward ({mem_ours / 2**20:.0f} vs {mem_budget / 2**20:.0f} MiB; naive {mem_naive / 2**20:.0f} MiB)",
@@ -421,7 +429,7 @@ def gpu_rows(device, prompt=512, reasoning=2048, conclude=12, answer=4, response
     except Exception as e:  # noqa: BLE001
         rows.append(_row("perturbation_importance", shp, f"error: {e!r}", None, "", False))
     try:
-        for name, t, r, target in step_rows(model, segs, device, repeats, modes=("answer_mean", "answer_joint"), three_pass=False):
+        for name, t, r, target in step_rows(model, segs, device, repeats, modes=("answer_mean", "answer_joint", "last"), three_pass=False):
             if r is not None:
                 rows.append(_row("OARGStep", shp, f"{name} / GRPO step ({t * 1e3:.0f} ms)", r, f"<= {target}" if target else "", (r <= target) if target else True))
     except Exception as e:  # noqa: BLE001

@@ -24,6 +24,15 @@ ARCHS = ("qwen2", "llama")
 TOL = 1e-4
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Many small ops: on shared cores one thread beats two (no OpenMP barrier stalls).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tok():
     return make_tokenizer()
@@ -197,14 +206,16 @@ def test_step_gradients_equal_separate_grpo(arch, mode, segs):
     m = make_model(arch, dtype=torch.float64).train()
     resps = _responses(segs)
     adv = torch.linspace(-1, 1, len(segs), dtype=torch.float64)
+    # noise 1e-2: the KL modes' signal is q - p of two near-equal distributions, whose rounding
+    # is amplified by 1 / noise on these peaked tiny models (docs/importance.md)
     torch.manual_seed(0)
-    out = OARGStep(m, mode=mode, noise_std=1e-4)(segs, resps)
+    out = OARGStep(m, mode=mode, noise_std=1e-2)(segs, resps)
     assert all(p.grad is None for p in m.parameters())  # the saliency backward touched none
-    # scores: answer_joint is OAR-G at zero noise; the KL modes linearise the noisy gradient
+    # scores: answer_joint is OAR-G at zero noise; the KL modes (kl_grad="exact") the oracle's
     torch.manual_seed(0)
-    want, wmask = gradient_importance_naive(m, segs, mode, noise_std=0.0 if mode == "answer_joint" else 1e-4)
+    want, wmask = gradient_importance_naive(m, segs, mode, noise_std=0.0 if mode == "answer_joint" else 1e-2)
     assert torch.equal(out.score_mask, wmask)
-    assert_close(out.scores, want, TOL if mode == "answer_joint" else 0.1)
+    assert_close(out.scores, want)
     w = oar.bilevel_reshape(out.scores, out.score_mask)
     assert torch.equal(out.weights[:, : w.shape[1]][out.score_mask], w[out.score_mask])
     loss, _ = out.loss(adv, loss_type="grpo")
@@ -218,6 +229,29 @@ def test_step_gradients_equal_separate_grpo(arch, mode, segs):
     loss2.backward()
     for a, p in zip(g_step, m.parameters()):
         assert torch.allclose(a, p.grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["last", "answer_mean"])
+def test_step_linearized_kl(mode, segs):
+    """kl_grad="linearized": the noisy cotangent pulled back through the clean policy graph;
+    a relative O(noise_std) away from the oracle, and the parameter gradients still exact."""
+    m = model("llama")
+    resps = _responses(segs)
+    torch.manual_seed(0)
+    out = OARGStep(m, mode=mode, noise_std=1e-4, kl_grad="linearized", score="grad_norm")(segs, resps)
+    assert all(p.grad is None for p in m.parameters())
+    torch.manual_seed(0)
+    want, wmask = gradient_importance_naive(m, segs, mode, noise_std=1e-4, score="grad_norm")
+    assert torch.equal(out.score_mask, wmask)
+    assert_close(out.scores, want, 0.1)
+    out.loss(torch.ones(len(segs), dtype=torch.float64))[0].backward()
+    g_step = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad(set_to_none=True)
+    logp, mask = _plain_logp(m, segs, resps)
+    oar.grpo_loss(logp, None, torch.ones(len(segs), dtype=torch.float64), mask, weights=out.weights.double())[0].backward()
+    for a, p in zip(g_step, m.parameters()):
+        assert torch.allclose(a, p.grad, rtol=1e-9, atol=1e-12)
+    m.zero_grad(set_to_none=True)
 
 
 def test_step_functional_and_empty_rows(tok):
@@ -288,5 +322,7 @@ def test_bad_arguments(segs):
         OARGStep(_NoEmbeddings())
     with pytest.raises(ValueError, match="mode"):
         OARGStep(m, mode="x")
+    with pytest.raises(ValueError, match="kl_grad"):
+        OARGStep(m, kl_grad="approx")
     with pytest.raises(ValueError, match="response_ids"):
         OARGStep(m)(segs, [s.prompt_ids for s in segs])

@@ -23,6 +23,7 @@ budget: the plain baseline.
 """
 from __future__ import annotations
 
+import numbers
 import warnings
 from typing import List, Optional, Sequence, Tuple
 
@@ -59,10 +60,14 @@ def _resolve_perturb_token(model, perturb_token, vocab: int) -> int:
     if perturb_token is None:
         perturb_token = default_perturb_token(model)
     if isinstance(perturb_token, torch.Tensor) and perturb_token.numel() == 1 and not perturb_token.is_floating_point():
-        perturb_token = int(perturb_token)
-    if isinstance(perturb_token, bool) or not isinstance(perturb_token, int) or not 0 <= perturb_token < vocab:
+        perturb_token = perturb_token.item()
+    if (
+        isinstance(perturb_token, bool)
+        or not isinstance(perturb_token, numbers.Integral)
+        or not 0 <= int(perturb_token) < vocab
+    ):
         raise ValueError(f"perturb_token: expected a token id in [0, {vocab}), got {perturb_token!r}")
-    return perturb_token
+    return int(perturb_token)
 
 
 def _groups(rows: List[Row], budget: int) -> List[List[Row]]:

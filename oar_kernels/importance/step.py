@@ -24,12 +24,14 @@ How one forward serves both (docs/importance.md has the full argument):
   c = dJ/dz is the cotangent of the objective at the branch logits z:
     - answer_joint: J = phi_clean - phi is first order; c is taken at the clean logits, so
       the scores are OAR-G's exactly at noise 0 (gradient_importance(noise_std=0)).
-    - last / answer_mean: J = KL(P_clean || P_noisy) has zero gradient at zero noise. The
-      clean teacher comes free (the detached branch logits); a no-grad noisy forward of the
-      scoring sequence (noise at the reasoning embeddings, the oracle's draw convention)
-      gives z_noisy, c = dJ/dz at z_noisy, and c is pulled back through the clean graph.
-      This is the oracle's gradient with the Jacobian dz/de taken at the clean instead of
-      the noisy embeddings: a relative difference O(noise_std) (measured in the benchmark).
+    - last / answer_mean (J = KL(P_clean || P_noisy), zero gradient at zero noise): the
+      clean teacher comes free (the detached branch logits). kl_grad="exact" (default)
+      runs the noisy forward over reasoning + conclude (+ answer) only, on the policy's
+      prompt keys/values (detached; the prompt is never noised), with the clean reasoning
+      embeddings under a second probe, and differentiates that small graph: OAR-G's
+      gradient exactly. kl_grad="linearized" makes that forward no-grad and pulls
+      c = dJ/dz at z_noisy back through the clean policy graph instead (one graph: less
+      memory; a relative O(noise_std) away from the oracle).
 * The weights (oar.bilevel_reshape of the scores) go into oar.grpo_loss, whose backward
   runs through the same graph. The branch does not enter the loss, so the parameter
   gradients equal those of a separate GRPO forward + backward with the same weights.
@@ -44,7 +46,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .._checks import check_number
+from .._checks import check_choice, check_number
 from ..segments import Segments
 from ._common import (
     apply_head,
@@ -92,6 +94,11 @@ class OARGOutput:
         return grpo_loss(self.logp, old_logp, advantages, self.mask, weights=self.weights, **grpo_kwargs)
 
 
+def _reusable(cache) -> bool:
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and _cache.available() and all(getattr(l, "keys", None) is not None for l in layers)
+
+
 def _as_responses(response_ids, n: int) -> List[torch.Tensor]:
     if isinstance(response_ids, torch.Tensor):
         raise ValueError("response_ids: expected a list of 1-D token-id tensors (one per response)")
@@ -116,7 +123,14 @@ class OARGStep:
         noise_std: OAR-G noise of the KL modes (answer_joint uses none: first order).
         score: "grad_x_input" | "grad_norm".
         tau, beta, floor, sum_to_len: oar.bilevel_reshape's arguments.
-        max_noisy_tokens: token budget per batch of the KL modes' no-grad noisy forward.
+        max_noisy_tokens: token budget per batch of the KL modes' noisy forward when the
+            prompt's keys/values cannot be reused (fallback path).
+        kl_grad: KL modes only. "exact" (default): a grad-enabled noisy forward of reasoning +
+            conclude (+ answer) on the policy's prompt keys/values and a backward through that
+            small graph: OAR-G's gradient exactly (equal to the oracle under the same draw),
+            and fewer FLOPs than "linearized". "linearized": a no-grad noisy forward, its
+            cotangent pulled back through the policy graph (one graph only, so the least
+            memory); differs from the oracle by a relative O(noise_std).
     """
 
     def __init__(
@@ -130,8 +144,10 @@ class OARGStep:
         floor: float = 0.1,
         sum_to_len: bool = True,
         max_noisy_tokens: int = 16384,
+        kl_grad: str = "exact",
     ):
         check_mode(mode)
+        check_choice("kl_grad", kl_grad, ("exact", "linearized"))
         check_score(score)
         check_number("noise_std", noise_std, lo=0.0)
         check_number("max_noisy_tokens", max_noisy_tokens, lo=1, integer=True)
@@ -141,6 +157,7 @@ class OARGStep:
         self.mode, self.noise_std, self.score = mode, float(noise_std), score
         self.reshape = dict(tau=tau, beta=beta, floor=floor, sum_to_len=sum_to_len)
         self.max_noisy_tokens = max_noisy_tokens
+        self.kl_grad = kl_grad
 
     # ------------------------------------------------------------------------------------
     def __call__(self, segments: Sequence[Segments], response_ids, generator: Optional[torch.Generator] = None) -> OARGOutput:
@@ -213,15 +230,16 @@ class OARGStep:
         weights = torch.ones(B, N, dtype=torch.float32, device=device)
         if rows:
             z_sel = self._branch(rows, cache, hidden, T, device)  # {b: [k_b, V]} with graph
-            cot = self._cotangents(rows, z_sel, generator, dim, device, cache, B)
-            order = sorted(rows)
-            gxi, gn = sal.backward(
-                [z_sel[b] for b in order], [cot[b] for b in order], retain_graph=True
-            )
-            value = gxi if self.score == "grad_x_input" else gn
-            for b in order:
-                r = rows[b]
-                scores[b, : r.num] = value[b, r.start : r.start + r.num]
+            if mode != "answer_joint" and self.kl_grad == "exact" and _reusable(cache):
+                per_row = self._exact_kl(rows, z_sel, generator, dim, device, cache, B)
+            else:
+                cot = self._cotangents(rows, z_sel, generator, dim, device, cache, B)
+                order = sorted(rows)
+                gxi, gn = sal.backward([z_sel[b] for b in order], [cot[b] for b in order], retain_graph=True)
+                value = gxi if self.score == "grad_x_input" else gn
+                per_row = {b: value[b, r.start : r.start + r.num] for b, r in rows.items()}
+            for b, r in rows.items():
+                scores[b, : r.num] = per_row[b]
                 score_mask[b, : r.num] = True
             w = bilevel_reshape(scores, score_mask, **self.reshape)
             if R_max:
@@ -295,8 +313,8 @@ class OARGStep:
             return cot
         noises = {b: draw_noise(rows[b].num, dim, generator) for b in sorted(rows)}  # the oracle's order
         layers = getattr(cache, "layers", None)
-        if layers and all(getattr(layer, "keys", None) is not None for layer in layers) and _cache.available():
-            noisy = self._noisy_logits_reuse(rows, noises, layers, B, device)
+        if _reusable(cache):
+            noisy = self._noisy_logits_reuse(rows, noises, cache.layers, B, device)
         else:  # pragma: no cover - caches without per-layer tensors
             noisy = self._noisy_logits(rows, noises, device)
         for b, z in z_sel.items():
@@ -307,11 +325,34 @@ class OARGStep:
             cot[b] = c.to(z.dtype)
         return cot
 
-    @torch.no_grad()
-    def _noisy_logits_reuse(self, rows, noises, layers, B, device) -> Dict[int, torch.Tensor]:
-        """No-grad noisy forward of reasoning + conclude (+ answer) only: the prompt's keys and
-        values are the policy forward's (noise never touches the prompt, and causal attention
-        makes prompt states independent of what follows), read through a prefix cache."""
+    def _exact_kl(self, rows, z_sel, generator, dim, device, cache, B) -> Dict[int, torch.Tensor]:
+        """kl_grad="exact": OAR-G's own gradient at the noisy embeddings (equal to the oracle).
+
+        A grad-enabled noisy forward of reasoning + conclude (+ answer) on the policy's prompt
+        keys/values (detached: the prompt is never noised and no prompt score is needed), the
+        clean reasoning embeddings under the probe, J against the teacher from the branch
+        (detached), and autograd.grad to those embeddings only. Its graph is freed at once.
+        """
+        mode = self.mode
+        noises = {b: draw_noise(rows[b].num, dim, generator) for b in sorted(rows)}  # the oracle's order
+        with torch.enable_grad():
+            noisy, sal = self._noisy_logits_reuse(rows, noises, cache.layers, B, device, with_grad=True)
+            objective = sum(
+                gradient_objective(outcome(z_sel[b].detach(), mode, rows[b].answer), outcome(noisy[b], mode, rows[b].answer), mode)
+                for b in sorted(rows)
+            )
+            gxi, gn = sal.backward(objective)
+        value = gxi if self.score == "grad_x_input" else gn
+        return {b: value[b, : r.num] for b, r in rows.items()}
+
+    def _noisy_logits_reuse(self, rows, noises, layers, B, device, with_grad=False):
+        """Noisy forward of reasoning + conclude (+ answer) only: the prompt's keys and values
+        are the policy forward's (noise never touches the prompt, and causal attention makes
+        prompt states independent of what follows), read through a prefix cache.
+
+        Returns {b: logits at P_final's positions}; with with_grad, also the Saliency probe on
+        the clean embeddings of the chunk ([B, q, D], reasoning of row b at [b, :R_b]).
+        """
         model, emb, body, head = self.model, self.emb, self.body, self.head
         dtype = emb.weight.dtype
         p_max = max(r.start for r in rows.values())
@@ -326,9 +367,16 @@ class OARGStep:
             pos[b, :n] = r.start + torch.arange(n)
             bound[b, :n] = r.start
             valid[b, :n] = True
-        x = emb(ids.to(device))
-        for b, r in rows.items():
-            x[b, : r.num] += noises[b].to(device=device, dtype=dtype) * self.noise_std
+        with torch.no_grad():
+            x = emb(ids.to(device))
+            noise = torch.zeros_like(x)
+            for b, r in rows.items():
+                noise[b, : r.num] = noises[b].to(device=device, dtype=dtype) * self.noise_std
+        sal = None
+        if with_grad:
+            x = x.detach().requires_grad_(True)
+            sal = Saliency(x)
+            x = sal.output
         scratch = _cache.Cache(layers=[])
         for layer in layers:
             new = _cache.PrefixScratchLayer(extra=q)
@@ -339,9 +387,11 @@ class OARGStep:
         see_own = ((qi[None, None, :] <= qi[None, :, None]) & valid[:, None, :]) | torch.eye(q, dtype=torch.bool)[None]
         allowed = torch.cat([see_prompt, see_own], dim=-1)
         mask4 = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-        h = hidden_of(body(inputs_embeds=x, attention_mask=mask4[:, None].to(device), position_ids=pos.to(device),
-                           past_key_values=scratch, use_cache=True))
-        return {b: apply_head(model, head, h[b, (r.need - r.start).to(device)]) for b, r in rows.items()}
+        with torch.set_grad_enabled(with_grad):
+            h = hidden_of(body(inputs_embeds=x + noise, attention_mask=mask4[:, None].to(device),
+                               position_ids=pos.to(device), past_key_values=scratch, use_cache=True))
+            out = {b: apply_head(model, head, h[b, (r.need - r.start).to(device)]) for b, r in rows.items()}
+        return (out, sal) if with_grad else out
 
     @torch.no_grad()
     def _noisy_logits(self, rows, noises, device) -> Dict[int, torch.Tensor]:

@@ -187,6 +187,8 @@ class OARGStep:
                 raise ValueError(f"response_ids[{b}]: segments[{b}].reasoning_ids is not a prefix of response {b}")
             if resp.numel() == 0:
                 raise ValueError(f"response_ids[{b}]: response {b} is empty")
+            if seg.prompt_ids.numel() == 0:  # the first response token needs a predicting position
+                raise ValueError(f"segments[{b}]: the prompt of response {b} is empty")
             for what, seq in (("policy sequence", torch.cat([seg.prompt_ids, resp])), ("scoring sequence", seg.sequence(mode != "last"))):
                 if max_len is not None and seq.numel() > max_len:
                     raise ValueError(

@@ -254,6 +254,25 @@ def test_step_linearized_kl(mode, segs):
     m.zero_grad(set_to_none=True)
 
 
+def test_step_sdpa_and_bf16(segs):
+    m = make_model("qwen2", dtype=torch.float64)
+    m.config._attn_implementation = "sdpa"
+    resps = _responses(segs)
+    torch.manual_seed(1)
+    out = OARGStep(m, mode="answer_mean", noise_std=1e-2)(segs, resps)
+    torch.manual_seed(1)
+    want, wmask = gradient_importance_naive(m, segs, "answer_mean", noise_std=1e-2)
+    assert torch.equal(out.score_mask, wmask)
+    assert_close(out.scores, want)
+    logp, mask = _plain_logp(m, segs, resps)
+    assert float((logp - out.logp).detach()[mask].abs().max()) < 1e-12
+    m16 = make_model("llama", dtype=torch.bfloat16).train()
+    out16 = OARGStep(m16, mode="last")(segs, resps)
+    assert torch.isfinite(out16.scores).all() and torch.isfinite(out16.weights).all()
+    out16.loss(torch.ones(len(segs)))[0].backward()
+    assert all(torch.isfinite(p.grad).all() for p in m16.parameters() if p.grad is not None)
+
+
 def test_step_functional_and_empty_rows(tok):
     segs = make_segments(tok, 3, seed=2, max_reasoning=6)
     empty = Segments(segs[0].prompt_ids, [], segs[0].conclude_ids, segs[0].answer_ids)

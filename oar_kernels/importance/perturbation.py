@@ -17,7 +17,7 @@ responses we
    for `last`, A for the answer modes), never to the whole chunk.
 
 Each forward holds at most `max_batch_tokens` query tokens (padding included); the only
-exception is a single suffix longer than that, which then runs alone.
+exception is a single sequence (clean pass) or suffix longer than that, which then runs alone.
 `prefix_reuse=False` runs the same P_final on whole perturbed sequences, batched by the same
 budget: the plain baseline.
 """

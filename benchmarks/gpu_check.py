@@ -14,7 +14,7 @@
    median), with the achieved TFLOP/s of the LM-head GEMMs (3 x 2NDV per fwd+bwd) against
    the measured rate of a plain bf16 torch.matmul of the same shape.
    Targets: memory <= 0.1x eager, time <= 0.7x eager and <= 1.0x liger.
-3. Rows of gpu_rows(device) from benchmarks/bench_bilevel.py and benchmarks/bench_saliency.py
+3. Rows of gpu_rows(device) from benchmarks/bench_bilevel.py, bench_saliency.py and bench_importance.py
    when those modules exist.
 
 Prints one table and writes it as markdown to --out. Without a GPU it says so and exits 0.
@@ -355,7 +355,7 @@ def bench_rows(device, dry: bool, repeats: int):
 
 def foreign_rows(device, dry: bool):
     rows = []
-    for name in ("bench_bilevel", "bench_saliency"):
+    for name in ("bench_bilevel", "bench_saliency", "bench_importance"):
         path = os.path.join(HERE, f"{name}.py")
         if not os.path.exists(path):
             continue

@@ -398,8 +398,21 @@ def test_bad_inputs_name_the_argument(model64):
         (lambda: P(model64, [seg], perturb_token=10_000), "perturb_token"),
         (lambda: P(model64, [seg], perturb_token=1.0), "perturb_token"),
         (lambda: P(model64, [_seg([5], [20], [30], [10_000])], mode="answer_mean"), r"segments\[0\]"),
-        (lambda: P(torch.nn.Linear(2, 2), [seg]), "model"),
     ]
     for fn, name in cases:
         with pytest.raises(ValueError, match=name):
             fn()
+
+
+def test_model_without_input_embeddings_is_a_type_error():
+    from oar_kernels.reference import gradient_importance_naive, perturbation_importance_naive
+
+    class NotALanguageModel(torch.nn.Module):
+        def get_input_embeddings(self):
+            return None
+
+    segs = [Segments([1, 2], [3, 4], [5], [6])]
+    for fn in (perturbation_importance_naive, gradient_importance_naive):
+        for model in (NotALanguageModel(), torch.nn.Linear(2, 2)):
+            with pytest.raises(TypeError, match="model"):
+                fn(model, segs)

@@ -119,7 +119,8 @@ def _embedding(model) -> torch.nn.Module:
     get = getattr(model, "get_input_embeddings", None)
     emb = get() if callable(get) else None
     if emb is None or not hasattr(emb, "weight"):
-        raise ValueError("model: expected a transformers causal LM with get_input_embeddings()")
+        # TypeError, like the fast estimators: the model is of the wrong kind, not a bad value.
+        raise TypeError("model: expected a transformers causal LM with get_input_embeddings()")
     return emb
 
 

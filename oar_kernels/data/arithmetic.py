@@ -1,7 +1,7 @@
 """A generated arithmetic reasoning task: seeded, unlimited, with a disjoint held-out split.
 
-    Question: "What is 37 + 48 - 19?"
-    Solution: "37 + 48 = 85\n85 - 19 = 66\nThe answer is 66."
+    Question: "What is 17 + 8 - 12?"
+    Solution: "17 + 8 = 25\n25 - 12 = 13\nThe answer is 13."
 
 A problem belongs to the held-out split when a stable hash of its question falls in the
 held-out bucket, so the two splits never share a question whatever the seed or sizes.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import zlib
 from dataclasses import dataclass
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 from .base import Example
 
@@ -24,16 +24,18 @@ def is_held_out(question: str) -> bool:
 
 @dataclass(frozen=True)
 class ArithmeticTask:
-    """Multi-step + / - problems over integers in [lo, hi], results kept in [0, max_result].
-
-    min_terms..max_terms operands; every intermediate result stays non-negative.
+    """Multi-step + / - problems: a first operand in [lo, hi], then operands in [op_lo, op_hi]
+    (default: [lo, hi] too), min_terms..max_terms operands in all; every intermediate result
+    stays in [0, max_result].
     """
 
-    lo: int = 10
-    hi: int = 99
+    lo: int = 1
+    hi: int = 20
     min_terms: int = 2
     max_terms: int = 3
-    max_result: int = 199
+    max_result: int = 99
+    op_lo: Optional[int] = None
+    op_hi: Optional[int] = None
 
     def sample(self, rng: random.Random) -> Example:
         while True:
@@ -43,7 +45,8 @@ class ArithmeticTask:
             steps: List[str] = []
             ok = True
             for _ in range(n - 1):
-                x = rng.randint(self.lo, self.hi)
+                x = rng.randint(self.lo if self.op_lo is None else self.op_lo,
+                                self.hi if self.op_hi is None else self.op_hi)
                 op = rng.choice("+-")
                 new = value + x if op == "+" else value - x
                 if new < 0 or new > self.max_result:

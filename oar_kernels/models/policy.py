@@ -35,12 +35,12 @@ class WarmStartRecipe:
     """Everything that decides the warm-started weights (its hash names the cache folder)."""
 
     hidden_size: int = 128
-    num_layers: int = 4
+    num_layers: int = 3
     num_heads: int = 4
-    intermediate_size: int = 384
+    intermediate_size: int = 256
     max_positions: int = 256
-    steps: int = 600
-    batch_size: int = 64
+    steps: int = 1000
+    batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 30
     seed: int = 0

@@ -20,12 +20,15 @@ def generate_hf(
     top_k: int = 0,
     greedy: bool = False,
     seed: Optional[int] = None,
+    synced_gpus: bool = False,
 ) -> Rollout:
     """Samples num_generations completions per prompt (consecutive rows per prompt).
 
     Prompts are tokenized without special tokens and left-padded. `seed`, when given, seeds
     torch's generator just before sampling, so a chunk's samples depend on the seed alone
     (this is what makes resumed and data-parallel runs reproduce single-process ones).
+    synced_gpus: keep decoding until every process is done (needed when the model is sharded
+    with FSDP, whose forwards are collective).
     """
     if num_generations < 1:
         raise ValueError(f"num_generations: expected >= 1, got {num_generations}")
@@ -41,6 +44,8 @@ def generate_hf(
     was_training = model.training
     model.eval()
     kwargs = dict(max_new_tokens=max_completion_length, pad_token_id=pad_id, eos_token_id=eos_id)
+    if synced_gpus:
+        kwargs["synced_gpus"] = True
     if greedy:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     else:

@@ -33,7 +33,7 @@ def tiny_model(tmp_path_factory):
 
 def tiny_config(model, out, **over):
     base = dict(model=model, dataset="arithmetic:2-2", output_dir=str(out), max_steps=2, prompts_per_step=4,
-                num_generations=4, max_completion_length=28, eval_size=8, progress=False, save_every=1,
+                num_generations=4, max_completion_length=24, eval_size=4, progress=False, save_every=1,
                 reward_fn="oar_kernels.rewards:format_reward", learning_rate=1e-3, html_samples=2)
     base.update(over)
     return from_dict(base)
@@ -82,7 +82,7 @@ def test_short_run_writes_every_output(tiny_model, tmp_path, algo):
 
 
 def test_resume_after_interrupt_matches_an_uninterrupted_run(tiny_model, tmp_path):
-    k, n = 2, 7
+    k, n = 1, 6  # killed at step k, compared up to step k + 5
     ref = tmp_path / "ref"
     train(tiny_config(tiny_model, ref, algo="oar-g", max_steps=n, save_every=0), log=lambda *a: None)
 

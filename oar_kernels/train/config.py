@@ -40,8 +40,10 @@ class TrainConfig:
     device: str = _f("auto", "'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: str = _f("float32", "parameter dtype of the policy", ("float32", "bfloat16", "float16"))
     seed: int = _f(0, "seed of data order, sampling, OAR-G noise and initialisation")
+    num_threads: int = _f(0, "CPU threads for torch; 0: auto (the cores not already busy, per the load average, "
+                          "at least 1: oversubscribed OpenMP threads slow small models down many times)")
     # batch and schedule
-    max_steps: int = _f(40, "optimizer steps")
+    max_steps: int = _f(100, "optimizer steps")
     prompts_per_step: int = _f(16, "prompts per optimizer step, over all processes (each gets num_generations responses)")
     num_generations: int = _f(8, "responses sampled per prompt (the GRPO group size), >= 2")
     gradient_accumulation_steps: int = _f(1, "micro-batches each process splits its step's responses into (exact: "
@@ -49,11 +51,11 @@ class TrainConfig:
     generation_batch_size: int = _f(0, "prompts per generate call, each call seeded from (seed, step, chunk); 0: all of "
                                     "a process's prompts at once. Set it to compare runs with different process counts")
     max_completion_length: int = _f(48, "largest number of generated tokens per response")
-    temperature: float = _f(1.0, "sampling temperature")
+    temperature: float = _f(0.7, "sampling temperature")
     top_p: float = _f(1.0, "nucleus sampling mass")
     mask_truncated_completions: bool = _f(False, "exclude responses that hit max_completion_length from the loss")
     # optimisation (TRL's names)
-    learning_rate: float = _f(2e-4, "AdamW learning rate")
+    learning_rate: float = _f(2e-5, "AdamW learning rate")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     warmup_steps: int = _f(0, "linear learning-rate warmup steps")
     lr_scheduler: str = _f("constant", "learning-rate schedule after warmup", ("constant", "linear", "cosine"))
@@ -80,13 +82,14 @@ class TrainConfig:
     # evaluation, logging, checkpoints
     output_dir: str = _f("", "run directory (default: runs/<algo>-seed<seed>)")
     resume: bool = _f(False, "continue from the last checkpoint in output_dir (optimizer, scheduler, RNG, data position)")
-    eval_size: int = _f(200, "held-out problems evaluated (greedy) before and after training")
+    eval_size: int = _f(500, "held-out problems evaluated (greedy) before and after training")
     eval_every: int = _f(0, "also evaluate every N steps (0: only before and after)")
     save_every: int = _f(10, "checkpoint every N steps (0: only at the end and on Ctrl-C)")
     keep_checkpoints: int = _f(2, "checkpoints kept in output_dir/checkpoints")
     html_samples: int = _f(4, "responses shown in weights.html (tokens coloured by OAR weight)")
     progress: bool = _f(True, "show progress bars")
-    fsdp: bool = _f(False, "under torchrun: shard the model with FSDP2 instead of replicating it with DDP")
+    fsdp: bool = _f(False, "under torchrun: shard the model with FSDP2 instead of replicating it with DDP "
+                    "(experimental; algo grpo only for now)")
 
     # -- derived -------------------------------------------------------------------------
     def resolved_pfinal_mode(self) -> str:
@@ -159,7 +162,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for key in ("max_steps", "prompts_per_step", "gradient_accumulation_steps", "max_completion_length",
                 "max_batch_tokens"):
         need(getattr(cfg, key) >= 1, key, "expected >= 1")
-    for key in ("generation_batch_size", "warmup_steps", "eval_size", "eval_every", "save_every", "html_samples",
+    for key in ("num_threads", "generation_batch_size", "warmup_steps", "eval_size", "eval_every", "save_every", "html_samples",
                 "seed"):
         need(getattr(cfg, key) >= 0, key, "expected >= 0")
     need(cfg.keep_checkpoints >= 1, "keep_checkpoints", "expected >= 1")
@@ -182,6 +185,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.algo == "oar-g" and cfg.noise_std == 0 and cfg.resolved_pfinal_mode() != "answer_joint":
         raise ConfigError("noise_std: must be > 0 for OAR-G with a KL objective (the gradient is zero at zero "
                           "noise); use pfinal_mode=answer_joint for noise-free scores")
+    if cfg.fsdp and cfg.algo != "grpo":
+        raise ConfigError("fsdp: FSDP2 supports algo=grpo only for now (OAR importance forwards are not "
+                          "collective-safe yet); use DDP for oar-g / oar-p")
+    if cfg.fsdp and cfg.rollout == "vllm":
+        raise ConfigError("fsdp: the vLLM rollout is single-process; use rollout=hf with fsdp")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
         raise ConfigError(f"device: expected 'auto', 'cpu' or 'cuda[:N]', got {cfg.device!r}")
     return cfg
@@ -236,7 +244,7 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
         t, optional = _base_type(f.name)
         default = getattr(defaults, f.name)
         help_text = f"{f.metadata['help']} (default: {default!r})"
-        flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        flags = [f"--{f.name}"]
         if t is bool:
             parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
         else:

@@ -82,6 +82,17 @@ class Dist:
             torch.distributed.destroy_process_group()
 
 
+def set_cpu_threads(cfg: TrainConfig, dist: Dist) -> int:
+    """torch CPU threads: cfg.num_threads, or the cores left free by other work (at least 1)."""
+    n = cfg.num_threads
+    if n == 0:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        n = max(1, min(torch.get_num_threads(), int(cores - round(busy))) // dist.world)
+    torch.set_num_threads(n)
+    return n
+
+
 def resolve_device(cfg: TrainConfig, dist: Dist) -> torch.device:
     if cfg.device == "auto":
         if torch.cuda.is_available():
@@ -170,6 +181,7 @@ def sample(model, tokenizer, prompts: List[str], cfg: TrainConfig, seeds: List[i
     prompt repeated num_generations times; one generate call per chunk with its own seed."""
     from ..rollout import generate_hf
 
+    synced = cfg.fsdp and int(os.environ.get("WORLD_SIZE", "1")) > 1
     G = 1 if greedy else cfg.num_generations
     size = len(prompts) if greedy else (cfg.generation_batch_size or len(prompts))
     rows = []
@@ -179,17 +191,18 @@ def sample(model, tokenizer, prompts: List[str], cfg: TrainConfig, seeds: List[i
             r = vllm.generate(chunk, G, cfg.max_completion_length, cfg.temperature, cfg.top_p, seeds[c])
         else:
             r = generate_hf(model, tokenizer, chunk, G, cfg.max_completion_length, cfg.temperature, cfg.top_p,
-                            greedy=greedy, seed=None if greedy else seeds[c])
+                            greedy=greedy, seed=None if greedy else seeds[c], synced_gpus=synced)
         for i in range(len(r.completions)):
             rows.append((r.prompt_tokens(i), r.response_ids(i), r.completions[i], bool(r.truncated[i])))
     return rows
 
 
-def completion_logp(model, input_ids, attention_mask, prompt_len: int):
-    """log-probs [B, C] of the completion tokens (columns prompt_len..) under `model`."""
+def completion_logp(model, input_ids, attention_mask, prompt_len: int, temperature: float = 1.0):
+    """log-probs [B, C] of the completion tokens (columns prompt_len..) under `model`, with the
+    logits divided by the sampling temperature (the policy that produced the samples, as TRL)."""
     pos = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=pos).logits
-    logits = logits[:, prompt_len - 1 : -1].float()
+    logits = logits[:, prompt_len - 1 : -1].float() / temperature
     targets = input_ids[:, prompt_len:]
     return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
@@ -200,11 +213,14 @@ def evaluate(model, tokenizer, task, cfg: TrainConfig, dist: Dist) -> float:
     examples = task.eval_examples(cfg.eval_size)
     mine = examples[dist.rank :: dist.world] if dist.enabled else examples
     correct = 0.0
-    for c0 in range(0, len(mine), 64):
+    n_chunks = math.ceil(math.ceil(len(examples) / dist.world) / 64)  # the same on every process
+    for c0 in range(0, n_chunks * 64, 64):
         chunk = mine[c0 : c0 + 64]
-        rows = sample(model, tokenizer, [format_prompt(e.question, cfg.prompt_template) for e in chunk], cfg,
-                      [0], greedy=True)
-        correct += sum(accuracy_reward([], [r[2] for r in rows], [e.answer for e in chunk]))
+        # every process makes as many generate calls as the others (FSDP forwards are collective)
+        rows = sample(model, tokenizer, [format_prompt(e.question, cfg.prompt_template) for e in chunk or examples[:1]],
+                      cfg, [0], greedy=True)
+        if chunk:
+            correct += sum(accuracy_reward([], [r[2] for r in rows], [e.answer for e in chunk]))
     t = dist.sum(torch.tensor([correct, float(len(mine))], dtype=torch.float64))
     return float(t[0] / max(t[1], 1.0))
 
@@ -324,11 +340,11 @@ def train_step(step, model, wrapped, ref_model, opt, sched, tokenizer, task, rew
                 loss.backward()
                 continue
             mb_ids, mb_att = ids[idx].to(device), att[idx].to(device)
-            logp = completion_logp(wrapped, mb_ids, mb_att, Lp)
+            logp = completion_logp(wrapped, mb_ids, mb_att, Lp, cfg.temperature)
             ref = None
             if cfg.beta > 0:
                 with torch.no_grad():
-                    ref = completion_logp(ref_model, mb_ids, mb_att, Lp)
+                    ref = completion_logp(ref_model, mb_ids, mb_att, Lp, cfg.temperature)
             loss, m = grpo_loss(logp, None, adv[idx].to(device), loss_mask[idx].to(device),
                                 weights=weights[idx].to(device), ref_logp=ref, epsilon=cfg.epsilon,
                                 epsilon_high=cfg.epsilon_high, beta=cfg.beta, loss_type=cfg.loss_type,
@@ -445,6 +461,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, step_hook: Optio
         raise ValueError(f"generation_batch_size: {gbs} must divide the prompts per process "
                          f"({cfg.prompts_per_step // dist.world})")
     device = resolve_device(cfg, dist)
+    threads = set_cpu_threads(cfg, dist) if device.type == "cpu" else torch.get_num_threads()
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init(device)
@@ -459,6 +476,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, step_hook: Optio
         random.seed(cfg.seed), np.random.seed(cfg.seed % 2**32), torch.manual_seed(cfg.seed)
         task = load_task(cfg.dataset, cfg.eval_dataset or None, cfg.eval_size, cfg.seed)
         reward_fn = load_reward_fn(cfg.reward_fn)
+        log(f"[oar] {cfg.algo} on {device}" + (f" ({threads} CPU threads)" if device.type == "cpu" else "")
+            + (f", {dist.world} processes" if dist.enabled else ""))
         model, tokenizer, model_path = load_policy(cfg, dist, log)
         model.to(device)
         ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.beta > 0 else None

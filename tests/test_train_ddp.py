@@ -39,8 +39,9 @@ def _rows(out):
         return [r for r in map(json.loads, f) if r["kind"] == "train"]
 
 
-@pytest.mark.parametrize("algo", ["oar-g"])
-def test_two_processes_match_one(tiny_model, tmp_path, algo):
+@pytest.mark.parametrize("algo, fsdp", [("oar-g", False), ("grpo", True)])
+def test_two_processes_match_one(tiny_model, tmp_path, algo, fsdp):
+    """DDP (and FSDP2, grpo only) over 2 gloo processes vs 1 process, same global batch."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     one, two = tmp_path / "one", tmp_path / "two"
     # one process, two micro-batches (the 2-process run has one micro-batch per process)
@@ -48,7 +49,7 @@ def test_two_processes_match_one(tiny_model, tmp_path, algo):
                          "--gradient_accumulation_steps", "2"], env=env, capture_output=True, text=True, timeout=300)
     assert r1.returncode == 0, r1.stderr[-3000:]
     r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                         "-m", "oar_kernels.train", *_args(tiny_model, two, algo)],
+                         "-m", "oar_kernels.train", *_args(tiny_model, two, algo), *(["--fsdp"] if fsdp else [])],
                         env=env, capture_output=True, text=True, timeout=300)
     assert r2.returncode == 0, r2.stderr[-3000:]
     a, b = _rows(one), _rows(two)

@@ -174,6 +174,15 @@ def optim_state(model, opt, cfg: TrainConfig, dist: Dist):
     return opt.state_dict()
 
 
+def load_optim_state(model, opt, optim_state_dict, cfg: TrainConfig, dist: Dist):
+    if dist.enabled and cfg.fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, opt, optim_state_dict, options=StateDictOptions(full_state_dict=True))
+    else:
+        opt.load_state_dict(optim_state_dict)
+
+
 # -- rollout, log-probs, evaluation ----------------------------------------------------------
 
 def sample(model, tokenizer, prompts: List[str], cfg: TrainConfig, seeds: List[int], greedy=False, vllm=None):
@@ -481,34 +490,15 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, step_hook: Optio
         model, tokenizer, model_path = load_policy(cfg, dist, log)
         model.to(device)
         ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.beta > 0 else None
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        sched = make_scheduler(opt, cfg)
-
-        start, resumed_from = 0, None
+        start, resumed_from, state = 0, None, None
         if cfg.resume:
-            path = ckpt.latest_checkpoint(ckpt_dir)
-            if path is None:
+            resumed_from = ckpt.latest_checkpoint(ckpt_dir)
+            if resumed_from is None:
                 raise ValueError(f"resume: no checkpoint in {ckpt_dir}")
-            state = ckpt.load_checkpoint(path)
+            state = ckpt.load_checkpoint(resumed_from)
             model.load_state_dict(state["model"])
             if ref_model is not None and state.get("ref_model") is not None:
                 ref_model.load_state_dict(state["ref_model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            ckpt.set_rng_state(state["rng"])
-            start, resumed_from = state["step"], path
-            if dist.main:
-                truncate_metrics(metrics_path, start)
-            log(f"[oar] resumed from {path} (step {start}, data position {state['data_position']})")
-        elif dist.main:
-            for stale in (metrics_path,):
-                if os.path.exists(stale):
-                    os.remove(stale)
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-        if dist.main:
-            dump_config(cfg, os.path.join(out, "config.yaml"))
-        dist.barrier()
-
         vllm = None
         if cfg.rollout == "vllm":
             from ..rollout.vllm import VLLMRollout
@@ -516,6 +506,24 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, step_hook: Optio
             vllm = VLLMRollout(model_path, tokenizer, seed=cfg.seed)
             vllm.sync_weights(model)
         wrapped = wrap_parallel(model, cfg, dist, device)
+        # after wrapping: FSDP2 swaps in sharded parameters, which the optimizer must hold
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        sched = make_scheduler(opt, cfg)
+        if state is not None:
+            load_optim_state(model, opt, state["optimizer"], cfg, dist)
+            sched.load_state_dict(state["scheduler"])
+            ckpt.set_rng_state(state["rng"])
+            start = state["step"]
+            if dist.main:
+                truncate_metrics(metrics_path, start)
+            log(f"[oar] resumed from {resumed_from} (step {start}, data position {state['data_position']})")
+        elif dist.main:
+            if os.path.exists(metrics_path):
+                os.remove(metrics_path)
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        if dist.main:
+            dump_config(cfg, os.path.join(out, "config.yaml"))
+        dist.barrier()
 
         def save(step):
             state = {"model": model_state(model, cfg, dist), "optimizer": optim_state(model, opt, cfg, dist),

@@ -374,8 +374,7 @@ def train_step(step, model, wrapped, ref_model, opt, sched, tokenizer, task, rew
         vllm.sync_weights(model)
 
     # 5. metrics over all processes
-    rw = reasoning & (weights >= 0)
-    wv = weights[rw]
+    wv = weights[reasoning]
     sums = torch.tensor([
         float(rewards.sum()), float(correct.sum()), float(len(rows)), loss_sum, clip_sum,
         float(c_mask.sum()), float(sum(1 for t in texts if _no_answer(t))), float(truncated.sum()),

@@ -173,3 +173,25 @@ def test_no_answer_gets_reward_zero_and_weights_one(tiny_model):
     # zero advantage: not scored at all
     w, reasoning = oar_weights(model, tok, rows, torch.tensor([0.0, 0.0]), from_dict({}), seed=0, stats={})
     assert (w == 1).all() and not reasoning.any()
+
+
+def test_ctrl_c_on_the_command_line_checkpoints_and_exits(tiny_model, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "cli"
+    args = [sys.executable, "-m", "oar_kernels.train", "--model", tiny_model, "--dataset", "arithmetic:2-2",
+            "--output_dir", str(out), "--max_steps", "500", "--prompts_per_step", "2", "--num_generations", "2",
+            "--max_completion_length", "16", "--eval_size", "2", "--no-progress", "--save_every", "0"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 90
+    while time.time() < deadline and (not metrics.exists() or len(rows_of(out)) < 1):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output[-2000:]
+    step = len(rows_of(out))
+    assert 1 <= step < 500 and "checkpoint saved" in output
+    assert os.listdir(out / "checkpoints") == [f"step-{step:07d}.pt"]

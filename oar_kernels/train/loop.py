@@ -514,7 +514,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, step_hook: Optio
             ckpt.set_rng_state(state["rng"])
             start = state["step"]
             if dist.main:
-                truncate_metrics(metrics_path, start)
+                truncate_metrics(metrics_path, start, drop_final_eval=start >= cfg.max_steps)
             log(f"[oar] resumed from {resumed_from} (step {start}, data position {state['data_position']})")
         elif dist.main:
             if os.path.exists(metrics_path):

@@ -28,9 +28,11 @@ def read_jsonl(path: str) -> List[Dict[str, Any]]:
     return rows
 
 
-def truncate_metrics(path: str, last_step: int) -> List[Dict[str, Any]]:
-    """Keeps the rows of steps <= last_step (what the resumed checkpoint has seen)."""
-    rows = [r for r in read_jsonl(path) if r.get("step", 0) <= last_step]
+def truncate_metrics(path: str, last_step: int, drop_final_eval: bool = False) -> List[Dict[str, Any]]:
+    """Keeps the rows of steps <= last_step (what the resumed checkpoint has seen); with
+    drop_final_eval, also drops the evaluation at last_step (the resumed run redoes it)."""
+    rows = [r for r in read_jsonl(path) if r.get("step", 0) <= last_step
+            and not (drop_final_eval and r.get("kind") == "eval" and r.get("step") == last_step and last_step > 0)]
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         for r in rows:

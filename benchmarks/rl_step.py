@@ -1,0 +1,500 @@
+"""The full RL step, OAR vs plain GRPO, measured in one run on the same prompts and rollouts.
+
+    python benchmarks/rl_step.py                       # the trainer's default policy (cached warm start)
+    python benchmarks/rl_step.py --model PATH          # any local transformers folder (e.g. SmolLM2-135M)
+    python benchmarks/rl_step.py --out rl_step.md      # also write the table (.md markdown, .csv CSV)
+
+What is measured (one process, the trainer's own functions from oar_kernels.train.loop):
+
+* rollout: loop.sample (transformers generate) of num_generations responses per prompt,
+  seeded as the trainer seeds step 0. It is generated once per repeat with the same seed and
+  must give identical completions each time; those completions are then reused by every
+  algorithm, so only the OAR part differs between grpo, oar-g and oar-p.
+* reward: the trainer's reward function (accuracy_reward) + group_advantages.
+* importance: loop.oar_weights minus the Bi-Level reshape inside it (segment building + the
+  importance function the trainer picks: gradient_importance for oar-g,
+  perturbation_importance for oar-p; zero for grpo).
+* reshape: bilevel_reshape as called by loop.oar_weights (timed by wrapping it).
+* update: the trainer's policy update: padding, completion_logp (forward at the sampling
+  temperature), grpo_loss with the OAR weights, backward, gradient clipping, AdamW step.
+
+Each algorithm starts from a copy of the same initial weights and a fresh AdamW; one warm-up
+step, then the median of --steps repeated steps (the same rollout every step; the weights move
+between steps as in training). The full step = rollout + reward + importance + reshape + update.
+
+Extra rows: "oar-g 1fwd" is the one-forward training-step form (oar_kernels.importance.OARGStep:
+the GRPO forward also yields the OAR-G saliency, its backward is the update's); the trainer does
+not use it (it calls gradient_importance before a separate GRPO forward), so it is shown on its
+own, with importance fused into the update column. Note: OARGStep takes log-probs at
+temperature 1, the trainer at the sampling temperature (same cost). The OAR-P table compares
+perturbation_importance(prefix_reuse=True) with prefix_reuse=False and the naive oracle
+(oar_kernels.reference.perturbation_importance_naive, one forward per reasoning token;
+extrapolated from the first responses when it would take longer than --naive-budget seconds).
+
+gpu_rows(device) gives rows for benchmarks/gpu_check.py.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import csv
+import io
+import os
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+ALGOS = ("grpo", "oar-g", "oar-p")
+PARTS = ("rollout", "reward", "importance", "reshape", "update")
+TARGET_OARG = 1.15
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _now(device):
+    _sync(device)
+    return time.perf_counter()
+
+
+# ------------------------------------------------------------------------------------ setup
+
+def make_config(algo="grpo", prompts=16, num_generations=8, max_completion_length=48, seed=0, **kw):
+    """The trainer's TrainConfig with the benchmark's batch (everything else: trainer defaults)."""
+    from oar_kernels.train.config import TrainConfig, validate
+
+    cfg = TrainConfig(algo=algo, prompts_per_step=prompts, num_generations=num_generations,
+                      max_completion_length=max_completion_length, seed=seed, progress=False, **kw)
+    return validate(cfg)
+
+
+def load_model(model: str, device: torch.device, dtype: str = "float32", log: Callable = print):
+    """(model, tokenizer, path) through the trainer's loader ('default': cached warm start,
+    built on first use)."""
+    from oar_kernels.train.loop import Dist, load_policy
+
+    cfg = make_config(model=model, dtype=dtype)
+    m, tok, path = load_policy(cfg, Dist(), log)
+    return m.to(device), tok, path
+
+
+@contextlib.contextmanager
+def _timed_oar_parts(acc: Dict[str, float], device):
+    """Wraps loop.importance_fns / loop.bilevel_reshape so that loop.oar_weights reports the
+    time of the importance function and of the reshape it calls (restored on exit)."""
+    from oar_kernels.train import loop
+
+    orig_fns, orig_reshape = loop.importance_fns, loop.bilevel_reshape
+
+    def timed(fn, key):
+        def wrapper(*a, **k):
+            t = _now(device)
+            try:
+                return fn(*a, **k)
+            finally:
+                acc[key] = acc.get(key, 0.0) + _now(device) - t
+        return wrapper
+
+    def fns():
+        g, p = orig_fns()
+        return timed(g, "importance_fn"), timed(p, "importance_fn")
+
+    loop.importance_fns, loop.bilevel_reshape = fns, timed(orig_reshape, "reshape")
+    try:
+        yield
+    finally:
+        loop.importance_fns, loop.bilevel_reshape = orig_fns, orig_reshape
+
+
+def policy_update(model, opt, sched, tokenizer, rows, adv, weights, cfg, device) -> float:
+    """Section 4 of loop.train_step for one process and one micro-batch: padding, forward at
+    the sampling temperature, weighted grpo_loss, backward, clipping, optimizer step."""
+    from oar_kernels import grpo_loss
+    from oar_kernels.rollout import left_pad, right_pad
+    from oar_kernels.train.loop import completion_logp
+
+    p_ids, p_mask = left_pad([r[0] for r in rows], tokenizer.pad_token_id)
+    c_ids, c_mask = right_pad([r[1] for r in rows], tokenizer.pad_token_id)
+    C = c_ids.shape[1]
+    w = torch.ones((len(rows), C))
+    w[:, : min(C, weights.shape[1])] = weights[:, :C]
+    truncated = torch.tensor([r[3] for r in rows])
+    loss_mask = c_mask & ~truncated.unsqueeze(1) if cfg.mask_truncated_completions else c_mask
+    ids = torch.cat([p_ids, c_ids], dim=1).to(device)
+    att = torch.cat([p_mask, c_mask], dim=1).to(device)
+    model.train()
+    opt.zero_grad(set_to_none=True)
+    logp = completion_logp(model, ids, att, p_ids.shape[1], cfg.temperature)
+    loss, _ = grpo_loss(logp, None, adv.to(device), loss_mask.to(device), weights=w.to(device),
+                        epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta, loss_type=cfg.loss_type,
+                        max_completion_length=cfg.max_completion_length, num_sequences=len(rows),
+                        num_items_in_batch=float(loss_mask.sum()))
+    loss.backward()
+    if cfg.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def _segments_for_step(rows, adv, tokenizer, cfg):
+    """The rows loop.oar_weights scores (nonzero advantage, an answer, some reasoning) and their
+    Segments; the others get empty Segments (weight 1), as OARGStep wants one per row."""
+    from oar_kernels import build_segments
+    from oar_kernels.segments import Segments
+
+    segs, picked = [], []
+    empty = torch.zeros(0, dtype=torch.long)
+    for i, (p, resp, text, _) in enumerate(rows):
+        seg = None
+        if float(adv[i]) != 0.0:
+            seg = build_segments(p, resp, tokenizer, conclude_text=cfg.conclude_text, response_text=text)
+            if seg.answer_text is None or seg.num_reasoning == 0:
+                seg = None
+        if seg is None:
+            seg = Segments(torch.as_tensor(p, dtype=torch.long), empty, empty, empty)
+        else:
+            picked.append(i)
+        segs.append(seg)
+    return segs, picked
+
+
+# ------------------------------------------------------------------------------------ measurement
+
+def _oarg_step_once(model, opt, sched, tokenizer, rows, adv, cfg, seed, k, device):
+    """One update with the one-forward OAR-G step; (importance s (segment building), 0,
+    forward + saliency + reshape + loss + backward + step s, responses scored)."""
+    from oar_kernels.importance import OARGStep
+    from oar_kernels.train.loop import derive_seed
+
+    step = OARGStep(model, mode=cfg.resolved_pfinal_mode(), noise_std=cfg.noise_std, score=cfg.saliency,
+                    tau=cfg.tau, beta=cfg.oar_beta, floor=cfg.floor, sum_to_len=cfg.sum_to_len)
+    responses = [torch.as_tensor(x[1], dtype=torch.long) for x in rows]
+    t = _now(device)
+    segs, picked = _segments_for_step(rows, adv, tokenizer, cfg)
+    t_seg = _now(device) - t
+    t = _now(device)
+    model.train()
+    opt.zero_grad(set_to_none=True)
+    gen = torch.Generator().manual_seed(derive_seed(seed, k, "noise", 0))
+    out = step(segs, responses, generator=gen)
+    loss, _ = out.loss(adv.to(device), old_logp=None, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+                       beta=cfg.beta, loss_type=cfg.loss_type, max_completion_length=cfg.max_completion_length,
+                       num_sequences=len(rows), num_items_in_batch=float(out.mask.sum()))
+    loss.backward()
+    del out, loss
+    if cfg.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return t_seg, 0.0, _now(device) - t, len(picked)
+
+
+def run(model, tokenizer, prompts=16, num_generations=8, max_completion_length=48, steps=3, warmup=1,
+        seed=0, naive_budget=20.0, oarg_step=True, prefix_table=True, device=None, log: Callable = print) -> Dict:
+    """Measures every algorithm on the same rollout; returns a dict of results (see format_table)."""
+    from oar_kernels import group_advantages
+    from oar_kernels.data import format_prompt, load_task
+    from oar_kernels.rewards import load_reward_fn
+    from oar_kernels.train import loop
+
+    device = device or next(model.parameters()).device
+    base = make_config("grpo", prompts, num_generations, max_completion_length, seed)
+    task = load_task(base.dataset, None, 1, seed)
+    reward_fn = load_reward_fn(base.reward_fn)
+    examples = [task.train_example(seed, j) for j in range(prompts)]
+    prompt_texts = [format_prompt(e.question, base.prompt_template) for e in examples]
+    sample_seeds = [loop.derive_seed(seed, 0, "sample", 0)]
+    init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    reps = warmup + steps
+
+    # 1. rollout, generated once per repeat with the same seed; the completions are reused
+    t_roll, rows = [], None
+    for k in range(reps):
+        model.load_state_dict(init_state)
+        t = _now(device)
+        r = loop.sample(model, tokenizer, prompt_texts, base, sample_seeds)
+        dt = _now(device) - t
+        if rows is None:
+            rows = r
+        elif device.type == "cpu" and [x[1] for x in r] != [x[1] for x in rows]:
+            log("[rl_step] note: a repeated rollout with the same seed gave other completions; the first is used")
+        if k >= warmup:
+            t_roll.append(dt)
+    completion_tokens = sum(len(x[1]) for x in rows)
+
+    # 2. reward + advantages
+    texts = [x[2] for x in rows]
+    answers = [e.answer for e in examples for _ in range(num_generations)]
+    prompts_rep = [p for p in prompt_texts for _ in range(num_generations)]
+    t_rew = []
+    for k in range(reps):
+        t = time.perf_counter()
+        rewards = torch.tensor(reward_fn(prompts_rep, texts, answers), dtype=torch.float32)
+        adv = group_advantages(rewards, num_generations, scale=base.scale_rewards)
+        if k >= warmup:
+            t_rew.append(time.perf_counter() - t)
+
+    common = {"rollout": statistics.median(t_roll), "reward": statistics.median(t_rew)}
+    results = {"rows": [], "completion_tokens": completion_tokens, "responses": len(rows),
+               "reward_mean": float(rewards.mean()), "device": str(device),
+               "params": sum(p.numel() for p in model.parameters())}
+
+    # 3. importance + reshape + update per algorithm (the trainer's path), and the one-forward
+    # OAR-G step; the algorithms take turns within each repeat (so load drift on a shared
+    # machine hits them alike), each with its own weights and AdamW state.
+    algos = list(ALGOS) + (["oar-g 1fwd"] if oarg_step else [])
+    cfgs = {a: make_config("oar-g" if a == "oar-g 1fwd" else a, prompts, num_generations, max_completion_length, seed)
+            for a in algos}
+    opts, scheds, states = {}, {}, {}
+    for a in algos:
+        model.load_state_dict(init_state)
+        opts[a] = torch.optim.AdamW(model.parameters(), lr=cfgs[a].learning_rate, weight_decay=cfgs[a].weight_decay)
+        scheds[a] = loop.make_scheduler(opts[a], cfgs[a])
+        states[a] = {k: v.clone() for k, v in init_state.items()}
+    per = {a: {k: [] for k in ("importance", "reshape", "update")} for a in algos}
+    scored = {a: 0 for a in algos}
+    for k in range(reps):
+        for a in algos:
+            cfg, opt, sched = cfgs[a], opts[a], scheds[a]
+            model.load_state_dict(states[a])
+            if a == "oar-g 1fwd":
+                t_imp, t_res, t_upd, n = _oarg_step_once(model, opt, sched, tokenizer, rows, adv, cfg, seed, k, device)
+            else:
+                acc: Dict[str, float] = {}
+                stats: Dict[str, float] = {}
+                with _timed_oar_parts(acc, device):
+                    t = _now(device)
+                    weights, _ = loop.oar_weights(model, tokenizer, rows, adv, cfg,
+                                                  loop.derive_seed(seed, k, "noise", 0), stats)
+                    t_oar = _now(device) - t
+                t = _now(device)
+                policy_update(model, opt, sched, tokenizer, rows, adv, weights, cfg, device)
+                t_upd = _now(device) - t
+                t_res = acc.get("reshape", 0.0)
+                t_imp, n = t_oar - t_res, int(stats.get("oar_responses", 0))
+            states[a] = {kk: v.detach().clone() for kk, v in model.state_dict().items()}
+            scored[a] = n
+            if k >= warmup:
+                per[a]["importance"].append(t_imp)
+                per[a]["reshape"].append(t_res)
+                per[a]["update"].append(t_upd)
+    for a in algos:
+        parts = dict(common, **{kk: statistics.median(v) for kk, v in per[a].items()})
+        results["rows"].append({"algo": a, "scored": scored[a], **parts})
+        log(f"[rl_step] {a}: " + ", ".join(f"{kk} {v:.3f}s" for kk, v in parts.items()) + f" ({scored[a]} responses scored)")
+    del opts, scheds, states
+
+    # 5. OAR-P: prefix reuse vs plain batched vs the naive oracle, on the initial weights
+    if prefix_table:
+        results["oarp"] = oarp_prefix_saving(model, tokenizer, rows, adv, init_state, seed, prompts,
+                                             num_generations, max_completion_length, steps, naive_budget, device)
+    model.load_state_dict(init_state)
+    return results
+
+
+def oarp_prefix_saving(model, tokenizer, rows, adv, init_state, seed, prompts, num_generations,
+                       max_completion_length, steps, naive_budget, device) -> Dict:
+    from oar_kernels.importance import perturbation_importance
+    from oar_kernels.reference import perturbation_importance_naive
+
+    cfg = make_config("oar-p", prompts, num_generations, max_completion_length, seed)
+    model.load_state_dict(init_state)
+    model.eval()
+    segs, picked = _segments_for_step(rows, adv, tokenizer, cfg)
+    segs = [segs[i] for i in picked]
+    mode = cfg.resolved_pfinal_mode()
+    out = {"responses": len(segs), "reasoning_tokens": sum(s.num_reasoning for s in segs), "mode": mode}
+    if not segs:
+        return out
+
+    def med(fn, n):
+        ts = []
+        for _ in range(n + 1):
+            t = _now(device)
+            fn()
+            ts.append(_now(device) - t)
+        return statistics.median(ts[1:])
+
+    kw = dict(mode=mode, perturb_token=cfg.perturb_token, max_batch_tokens=cfg.max_batch_tokens)
+    out["reuse"] = med(lambda: perturbation_importance(model, segs, prefix_reuse=True, **kw), max(1, steps))
+    out["plain"] = med(lambda: perturbation_importance(model, segs, prefix_reuse=False, **kw), max(1, steps))
+    # naive: whole responses until the budget is spent, extrapolated by forwards (R + 1 per response)
+    t0, done = _now(device), 0
+    with torch.no_grad():
+        while done < len(segs) and (_now(device) - t0 < naive_budget or done == 0):
+            perturbation_importance_naive(model, [segs[done]], mode=mode, perturb_token=cfg.perturb_token)
+            done += 1
+    t_part = _now(device) - t0
+    fw_done = sum(s.num_reasoning + 1 for s in segs[:done])
+    fw_all = sum(s.num_reasoning + 1 for s in segs)
+    out["naive"] = t_part * fw_all / fw_done
+    out["naive_measured"] = f"{done}/{len(segs)} responses measured" + ("" if done == len(segs) else ", extrapolated")
+    return out
+
+
+# ------------------------------------------------------------------------------------ report
+
+def table_rows(res: Dict) -> List[Dict]:
+    tok = res["completion_tokens"]
+    grpo = next(r for r in res["rows"] if r["algo"] == "grpo")
+    t_grpo = sum(grpo[p] for p in PARTS)
+    out = []
+    for r in res["rows"]:
+        total = sum(r[p] for p in PARTS)
+        row = {"algo": r["algo"], "s/step": total, "tokens/s": tok / total}
+        for p in PARTS:
+            row[f"{p} s"] = r[p]
+            row[f"{p} %"] = 100.0 * r[p] / total
+        row["x grpo"] = total / t_grpo
+        row["scored"] = r["scored"]
+        out.append(row)
+    return out
+
+
+def format_table(res: Dict, fmt: str = "md") -> str:
+    rows = table_rows(res)
+    cols = list(rows[0].keys())
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        if "oarp" in res and "reuse" in res["oarp"]:
+            o = res["oarp"]
+            buf.write("\noar-p importance,s,x reuse\n")
+            for k in ("reuse", "plain", "naive"):
+                buf.write(f"{k},{o[k]:.6g},{o[k] / o['reuse']:.4g}\n")
+        return buf.getvalue()
+
+    def cell(k, v):
+        if isinstance(v, float):
+            if k.endswith("%"):
+                return f"{v:.1f}"
+            if k == "x grpo":
+                return f"{v:.3f}"
+            if k == "tokens/s":
+                return f"{v:.0f}"
+            return f"{v:.3f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(cell(k, v) for k, v in r.items()) + " |")
+    by = {r["algo"]: r for r in rows}
+    lines.append("")
+    lines.append(f"{res['responses']} responses, {res['completion_tokens']} completion tokens per step, "
+                 f"mean reward {res['reward_mean']:.3f}, {res['params'] / 1e6:.2f}M parameters, {res['device']}.")
+    g = by["oar-g"]["x grpo"]
+    lines.append(f"oar-g / grpo per full step: {g:.3f}x (target <= {TARGET_OARG}: {'met' if g <= TARGET_OARG else 'NOT met'})")
+    if "oar-g 1fwd" in by:
+        g1 = by["oar-g 1fwd"]["x grpo"]
+        lines.append(f"oar-g (one-forward OARGStep) / grpo per full step: {g1:.3f}x "
+                     f"(target <= {TARGET_OARG}: {'met' if g1 <= TARGET_OARG else 'NOT met'})")
+    lines.append(f"oar-p / grpo per full step: {by['oar-p']['x grpo']:.3f}x (reported)")
+    o = res.get("oarp")
+    if o and "reuse" in o:
+        lines.append("")
+        lines.append(f"OAR-P importance (mode {o['mode']}, {o['responses']} responses, {o['reasoning_tokens']} reasoning tokens):")
+        lines.append("")
+        lines.append("| oar-p importance | s | x prefix_reuse=True |")
+        lines.append("|---|---|---|")
+        lines.append(f"| prefix_reuse=True | {o['reuse']:.3f} | 1.00 |")
+        lines.append(f"| prefix_reuse=False | {o['plain']:.3f} | {o['plain'] / o['reuse']:.2f} |")
+        lines.append(f"| naive oracle ({o['naive_measured']}) | {o['naive']:.3f} | {o['naive'] / o['reuse']:.2f} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ GPU rows
+
+def gpu_rows(device, prompts=64, num_generations=8, max_completion_length=256, steps=3, model_path=None) -> list:
+    """Rows (op, shape, metric, value, target, ok) for benchmarks/gpu_check.py: the full RL step
+    on `device` for the trainer's default policy and, when $OAR_BENCH_SMOLLM2 (or model_path)
+    names a local transformers folder, for that model. Failures become rows with ok=False."""
+    device = torch.device(device)
+    rows = []
+    targets = [("default", 48)]
+    path = model_path or os.environ.get("OAR_BENCH_SMOLLM2")
+    if path:
+        targets.append((path, max_completion_length))
+    for name, C in targets:
+        shp = f"{os.path.basename(str(name).rstrip('/'))} P={prompts} G={num_generations} C={C}"
+        try:
+            model, tok, _ = load_model(name, device, log=lambda *a, **k: None)
+            res = run(model, tok, prompts, num_generations, C, steps=steps, warmup=1, naive_budget=30.0,
+                      device=device, log=lambda *a, **k: None)
+            by = {r["algo"]: r for r in table_rows(res)}
+            for algo in ("oar-g", "oar-g 1fwd", "oar-p"):
+                if algo not in by:
+                    continue
+                r = by[algo]
+                target = f"<= {TARGET_OARG}" if algo.startswith("oar-g") else ""
+                ok = r["x grpo"] <= TARGET_OARG if target else True
+                rows.append({"op": "rl_step", "shape": shp,
+                             "metric": f"{algo} / grpo full step ({r['s/step']:.3f} s vs {by['grpo']['s/step']:.3f} s, "
+                                       f"importance {r['importance %']:.0f}%)",
+                             "value": r["x grpo"], "target": target, "ok": ok})
+            o = res.get("oarp", {})
+            if "reuse" in o:
+                rows.append({"op": "rl_step", "shape": shp,
+                             "metric": f"OAR-P prefix_reuse speed-up vs prefix_reuse=False ({o['reuse']:.3f} s vs {o['plain']:.3f} s)",
+                             "value": o["plain"] / o["reuse"], "target": "", "ok": True})
+                rows.append({"op": "rl_step", "shape": shp,
+                             "metric": f"OAR-P prefix_reuse speed-up vs naive ({o['naive_measured']})",
+                             "value": o["naive"] / o["reuse"], "target": "", "ok": True})
+            del model
+        except Exception as e:  # noqa: BLE001
+            rows.append({"op": "rl_step", "shape": shp, "metric": f"error: {type(e).__name__}: {e}"[:200],
+                         "value": None, "target": "", "ok": False})
+    return rows
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+def main(argv=None) -> Dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="default", help="'default' (the trainer's policy) or a local transformers folder")
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--num-generations", type=int, default=8)
+    ap.add_argument("--max-completion-length", type=int, default=48)
+    ap.add_argument("--steps", type=int, default=5, help="measured steps (median) after one warm-up step")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: the trainer's auto choice)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--naive-budget", type=float, default=20.0, help="seconds of naive OAR-P before extrapolating")
+    ap.add_argument("--no-oarg-step", action="store_true", help="skip the one-forward OARGStep row")
+    ap.add_argument("--out", default="", help="write the table: .csv as CSV, otherwise markdown")
+    a = ap.parse_args(argv)
+    from oar_kernels.train.loop import Dist, resolve_device, set_cpu_threads
+
+    cfg = make_config(device=a.device, num_threads=max(a.threads, 0))
+    device = resolve_device(cfg, Dist())
+    threads = set_cpu_threads(cfg, Dist()) if device.type == "cpu" else torch.get_num_threads()
+    torch.manual_seed(a.seed)
+    model, tok, path = load_model(a.model, device)
+    print(f"[rl_step] model {path} on {device}" + (f" ({threads} threads)" if device.type == "cpu" else "")
+          + f"; {a.prompts} prompts x {a.num_generations} generations, <= {a.max_completion_length} tokens, "
+          f"median of {a.steps} steps after {a.warmup} warm-up")
+    res = run(model, tok, a.prompts, a.num_generations, a.max_completion_length, steps=a.steps, warmup=a.warmup,
+              seed=a.seed, naive_budget=a.naive_budget, oarg_step=not a.no_oarg_step, device=device)
+    text = format_table(res)
+    print(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(format_table(res, "csv" if a.out.endswith(".csv") else "md") + "\n")
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""benchmarks/rl_step.py at tiny sizes (a tiny model from a config, one step), so it cannot rot."""
+import importlib.util
+import os
+
+import pytest
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+pytest.importorskip("transformers")
+
+
+def _load_bench():
+    path = os.path.join(HERE, "..", "benchmarks", "rl_step.py")
+    spec = importlib.util.spec_from_file_location("bench_rl_step", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _tiny_policy():
+    from oar_kernels.models.policy import WarmStartRecipe, build_model
+    from oar_kernels.models.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    recipe = WarmStartRecipe(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_positions=256)
+    model = build_model(recipe, len(tok), tok.pad_token_id, tok.eos_token_id, tok.bos_token_id)
+    return model.eval(), tok
+
+
+def test_rl_step_tiny(monkeypatch):
+    bench = _load_bench()
+    from oar_kernels.data import load_task
+    from oar_kernels.train import loop
+
+    model, tok = _tiny_policy()
+    task = load_task("arithmetic")
+    real_sample = loop.sample
+
+    # A random model writes no answers (reward 0 everywhere, nothing for OAR to score): after the
+    # real generate, the first response of each group is replaced by the worked solution, so
+    # groups have mixed rewards and the importance / reshape paths run.
+    def sample(model, tokenizer, prompts, cfg, seeds, **kw):
+        rows = real_sample(model, tokenizer, prompts, cfg, seeds, **kw)
+        G = cfg.num_generations
+        out = list(rows)
+        for j in range(len(prompts)):
+            sol = task.train_example(cfg.seed, j).solution
+            ids = tokenizer.encode(sol, add_special_tokens=False) + [tokenizer.eos_token_id]
+            out[j * G] = (rows[j * G][0], ids, sol, False)
+        return out
+
+    monkeypatch.setattr(loop, "sample", sample)
+    res = bench.run(model, tok, prompts=2, num_generations=2, max_completion_length=12, steps=1, warmup=0,
+                    naive_budget=1.0, log=lambda *a, **k: None)
+    algos = [r["algo"] for r in res["rows"]]
+    assert algos == ["grpo", "oar-g", "oar-p", "oar-g 1fwd"]
+    by = {r["algo"]: r for r in res["rows"]}
+    assert by["grpo"]["importance"] < by["oar-p"]["importance"] + 1.0
+    assert by["oar-g"]["scored"] >= 1 and by["oar-p"]["scored"] >= 1
+    for r in res["rows"]:
+        assert all(r[p] >= 0 for p in bench.PARTS)
+    o = res["oarp"]
+    assert o["responses"] >= 1 and o["reuse"] > 0 and o["plain"] > 0 and o["naive"] > 0
+    md = bench.format_table(res)
+    assert "oar-g / grpo per full step" in md and "prefix_reuse=False" in md
+    csv_text = bench.format_table(res, "csv")
+    assert csv_text.splitlines()[0].startswith("algo,s/step,tokens/s")
+    rows = bench.table_rows(res)
+    assert rows[0]["x grpo"] == pytest.approx(1.0)
+    # the weights are restored after the benchmark
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_gpu_rows_exists():
+    bench = _load_bench()
+    assert callable(bench.gpu_rows)

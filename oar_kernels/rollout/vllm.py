@@ -14,9 +14,23 @@ import torch
 from .base import Rollout, completion_mask_from_ids, left_pad, right_pad
 
 
-def _load_weights_on_worker(worker, weights):
-    """Runs inside a vLLM worker (through collective_rpc): loads (name, tensor) pairs."""
-    worker.model_runner.model.load_weights(weights=weights)
+class WeightSyncExtension:
+    """Mixed into every vLLM worker (LLM(worker_extension_cls=...)), so the trainer can call
+    `collective_rpc("oar_load_weights", ...)` by name: vLLM's V1 engine runs workers in other
+    processes and refuses to ship a plain function to them."""
+
+    def oar_load_weights(self, packed):
+        self.model_runner.model.load_weights(weights=[(name, _unpack(*rest)) for name, *rest in packed])
+
+
+def _pack(tensor: torch.Tensor):
+    """(dtype, shape, raw bytes): survives vLLM's msgpack RPC, which turns nested tensors into lists."""
+    t = tensor.detach().contiguous().cpu()
+    return str(t.dtype).replace("torch.", ""), list(t.shape), t.flatten().view(torch.uint8).numpy().tobytes()
+
+
+def _unpack(dtype: str, shape, raw: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(getattr(torch, dtype)).reshape(shape)
 
 
 class VLLMRollout:
@@ -28,7 +42,8 @@ class VLLMRollout:
             raise ValueError("rollout: 'vllm' needs the vllm package (pip install 'oar_kernels[vllm]')") from err
         self.tokenizer = tokenizer
         kwargs = dict(model=model_path, tokenizer=model_path, seed=seed, dtype=dtype,
-                      gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True)
+                      gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True,
+                      worker_extension_cls=f"{__name__}.WeightSyncExtension")
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
         kwargs.update(llm_kwargs)
@@ -67,16 +82,9 @@ class VLLMRollout:
     @torch.no_grad()
     def sync_weights(self, model) -> None:
         """Copies the policy's parameters into the engine (after each optimizer step)."""
-        weights = [(name, p.detach()) for name, p in model.state_dict().items()]
-        engine = self.llm.llm_engine
-        runner_model = None
-        try:  # single-process engine: the model runner is directly reachable
-            runner_model = engine.model_executor.driver_worker.model_runner.model
-        except AttributeError:
-            pass
-        if runner_model is not None:
-            runner_model.load_weights(weights)
-        else:  # V1 engine: run the load on every worker
-            self.llm.collective_rpc(_load_weights_on_worker, args=(weights,))
+        # Goes through host memory: simple and exact. CUDA IPC handles would avoid the copy for a
+        # colocated engine; not needed at the sizes this trainer targets on one GPU.
+        packed = [(name, *_pack(p)) for name, p in model.state_dict().items()]
+        self.llm.collective_rpc("oar_load_weights", args=(packed,))
         if hasattr(self.llm, "reset_prefix_cache"):
             self.llm.reset_prefix_cache()

@@ -60,8 +60,12 @@ G_TARGET = 1.45  # OAR-G step time / GRPO step time
 
 
 def build_model(arch="llama", hidden=512, layers=4, heads=8, kv_heads=4, intermediate=None, vocab=32000,
-                max_pos=4096, dtype=torch.float32, device="cpu", seed=0):
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+                max_pos=4096, dtype=torch.float32, device="cpu", seed=0, path=None):
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    if path:  # a pretrained model from a local folder (e.g. scripts/export_smollm2.py's output)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+        return model.to(device).eval()
 
     cfg_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[arch]
     cfg = cfg_cls(
@@ -318,6 +322,11 @@ def fidelity_rows(model, segs, oarp_scores: dict):
 def cpu_report(args):
     shape = dict(n=args.responses, prompt=args.prompt, reasoning=args.reasoning, conclude=args.conclude, answer=args.answer)
     mcfg = dict(arch=args.arch, hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, vocab=args.vocab)
+    if args.model:
+        from transformers import AutoConfig
+
+        args.vocab = AutoConfig.from_pretrained(args.model).vocab_size
+        mcfg = dict(path=args.model, vocab=args.vocab)
     base = dict(threads=args.threads, shape=shape, model=mcfg, budget=args.max_batch_tokens)
     table = []  # (section, metric, value, target, ok)
     tmp = Path(tempfile.mkdtemp())
@@ -446,6 +455,7 @@ def main(argv=None):
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--kv-heads", type=int, default=4)
     ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--model", help="local transformers folder to use instead of a model built from a config")
     ap.add_argument("--responses", type=int, default=8)
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--reasoning", type=int, default=256)

@@ -16,7 +16,15 @@ from typing import List, Optional, Sequence
 import torch
 
 from .._checks import check_choice, check_number
-from ..reference.importance import MODES, SCORES, default_perturb_token, draw_noise  # noqa: F401
+from ..reference.importance import (  # noqa: F401  (re-exported: one copy of each, shared with the oracles)
+    MODES,
+    SCORES,
+    EvalMode,
+    check_lengths,
+    default_perturb_token,
+    draw_noise,
+    is_scored,
+)
 from ..segments import Segments
 
 LOG_EPS = 1e-12  # OAR-G's KL uses log(p + 1e-12) (OAR_SPEC.md section 4)
@@ -94,45 +102,6 @@ def hidden_of(out) -> torch.Tensor:
     return out[0] if h is None else h
 
 
-def check_lengths(model, segments: Sequence[Segments], with_answer: bool, vocab: int) -> None:
-    """ValueError naming the response when a scoring sequence exceeds the context or vocab."""
-    max_len = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    for b, seg in enumerate(segments):
-        seq = seg.sequence(with_answer)
-        if max_len is not None and seq.numel() > max_len:
-            raise ValueError(
-                f"segments[{b}]: the scoring sequence of response {b} has {seq.numel()} tokens, "
-                f"more than the model's context (max_position_embeddings={max_len})"
-            )
-        if seq.numel() and int(seq.max()) >= vocab:
-            raise ValueError(
-                f"segments[{b}]: token id {int(seq.max())} of response {b} is outside the model's "
-                f"vocabulary of {vocab}"
-            )
-
-
-def is_scored(seg: Segments, mode: str) -> bool:
-    """Rows with no reasoning, or no answer in the answer_* modes, are not scored (weights 1)."""
-    if seg.num_reasoning == 0:
-        return False
-    return mode == "last" or seg.answer_ids.numel() > 0
-
-
-class EvalMode:
-    """Every submodule in eval mode (dropout off) inside; each one's own flag restored on exit."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
-
-    def __enter__(self):
-        self.flags = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        return self
-
-    def __exit__(self, *exc):
-        for m, flag in self.flags:
-            m.training = flag
-        return False
 
 
 def empty_output(segments: Sequence[Segments], device):

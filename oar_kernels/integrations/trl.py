@@ -50,6 +50,7 @@ except ImportError as _err:  # pragma: no cover - exercised only without trl
     ) from _err
 
 from ..answers import AnswerSpan, extract_answer
+from ..reference.importance import EvalMode
 from ..segments import DEFAULT_CONCLUDE_TEXT, Segments, build_segments
 
 # TRL releases this adapter was written and tested against: [min, max).
@@ -219,23 +220,6 @@ class OARConfig(GRPOConfig):
 # --------------------------------------------------------------------------------------
 
 
-class _ScoringMode:
-    """Every submodule in eval mode, no parameter gradients; each module's flag restored after."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
-
-    def __enter__(self):
-        self.flags = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        return self
-
-    def __exit__(self, *exc):
-        for m, flag in self.flags:
-            m.training = flag
-        return False
-
-
 class OARGRPOTrainer(GRPOTrainer):
     """GRPOTrainer whose advantages are OAR's per-token w * A (see the module docstring).
 
@@ -330,7 +314,7 @@ class OARGRPOTrainer(GRPOTrainer):
         import oar_kernels as oar
 
         kwargs = {} if args.oar_max_batch_tokens is None else {"max_batch_tokens": args.oar_max_batch_tokens}
-        with _ScoringMode(model):
+        with EvalMode(model):
             if args.oar_algo == "oar-g":
                 return oar.gradient_importance(
                     model, segments, mode=args.oar_pfinal_mode, noise_std=args.oar_noise_std,

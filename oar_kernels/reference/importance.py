@@ -124,7 +124,8 @@ def _embedding(model) -> torch.nn.Module:
     return emb
 
 
-def _check_lengths(model, segments: Sequence[Segments], with_answer: bool, vocab: int) -> None:
+def check_lengths(model, segments: Sequence[Segments], with_answer: bool, vocab: int) -> None:
+    """ValueError naming the response when a scoring sequence exceeds the context or vocab."""
     max_len = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     for b, seg in enumerate(segments):
         seq = seg.sequence(with_answer)
@@ -140,13 +141,14 @@ def _check_lengths(model, segments: Sequence[Segments], with_answer: bool, vocab
             )
 
 
-def _is_scored(seg: Segments, mode: str) -> bool:
+def is_scored(seg: Segments, mode: str) -> bool:
+    """Rows with no reasoning, or no answer in the answer_* modes, are not scored (weights 1)."""
     if seg.num_reasoning == 0:
         return False
     return mode == "last" or seg.answer_ids.numel() > 0
 
 
-class _EvalMode:
+class EvalMode:
     """Puts every submodule in eval mode (dropout off); restores each one's flag on exit."""
 
     def __init__(self, model: torch.nn.Module):
@@ -222,7 +224,7 @@ def perturbation_importance_naive(
         raise ValueError(f"perturb_token: expected a token id in [0, {vocab}), got {perturb_token!r}")
     perturb_token = int(perturb_token)
     with_answer = mode != "last"
-    _check_lengths(model, segments, with_answer, vocab)
+    check_lengths(model, segments, with_answer, vocab)
     device = emb.weight.device
     scores, mask = _empty_output(segments, device)
 
@@ -231,9 +233,9 @@ def perturbation_importance_naive(
         logits = model(input_ids=ids.to(device).unsqueeze(0)).logits[0]  # [L, V]
         return p_final(logits, seg, mode)
 
-    with _EvalMode(model):
+    with EvalMode(model):
         for b, seg in enumerate(segments):
-            if not _is_scored(seg, mode):
+            if not is_scored(seg, mode):
                 continue
             seq = seg.sequence(with_answer)
             clean = forward(seq, seg)
@@ -297,14 +299,14 @@ def gradient_importance_naive(
     emb = _embedding(model)
     vocab, dim = int(emb.weight.shape[0]), int(emb.weight.shape[1])
     with_answer = mode != "last"
-    _check_lengths(model, segments, with_answer, vocab)
+    check_lengths(model, segments, with_answer, vocab)
     device, dtype = emb.weight.device, emb.weight.dtype
 
     # inference_mode(False): a caller's inference_mode would otherwise make autograd impossible.
-    with _EvalMode(model), torch.inference_mode(False):
+    with EvalMode(model), torch.inference_mode(False):
         scores, mask = _empty_output(segments, device)
         for b, seg in enumerate(segments):
-            if not _is_scored(seg, mode):
+            if not is_scored(seg, mode):
                 continue
             r0, n = seg.reasoning_start, seg.num_reasoning
             ids = seg.sequence(with_answer).to(device).unsqueeze(0)  # [1, L]

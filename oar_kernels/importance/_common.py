@@ -157,6 +157,21 @@ def make_row(b: int, seg: Segments, mode: str) -> Row:
 # ------------------------------------------------------------------------------------------
 
 
+def group_rows(rows: List[Row], budget: int) -> List[List[Row]]:
+    """Consecutive rows, as many per group as fit g * max(Le) <= budget (at least one)."""
+    out, cur, longest = [], [], 0
+    for row in rows:
+        new_longest = max(longest, row.length)
+        if cur and (len(cur) + 1) * new_longest > budget:
+            out.append(cur)
+            cur, new_longest = [], row.length
+        cur.append(row)
+        longest = new_longest
+    if cur:
+        out.append(cur)
+    return out
+
+
 def math_dtype(dtype: torch.dtype) -> torch.dtype:
     """P_final math runs in the model dtype, but at least float32 (half softmax is too coarse)."""
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32

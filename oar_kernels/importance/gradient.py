@@ -23,6 +23,7 @@ import torch
 from .._checks import check_number
 from ..segments import Segments
 from ._common import (
+    group_rows,
     EvalMode,
     Row,
     apply_head,
@@ -42,20 +43,6 @@ from ._common import (
     outcome,
 )
 from ._saliency import Saliency
-
-
-def _groups(rows: List[Row], budget: int) -> List[List[Row]]:
-    out, cur, longest = [], [], 0
-    for row in rows:
-        new_longest = max(longest, row.length)
-        if cur and (len(cur) + 1) * new_longest > budget:
-            out.append(cur)
-            cur, new_longest = [], row.length
-        cur.append(row)
-        longest = new_longest
-    if cur:
-        out.append(cur)
-    return out
 
 
 def check_generator(generator) -> None:
@@ -116,7 +103,7 @@ def gradient_importance(
     noises = {r.index: draw_noise(r.num, dim, generator) for r in rows}
 
     with EvalMode(model), torch.inference_mode(False), torch.enable_grad():
-        for group in _groups(rows, max_batch_tokens):
+        for group in group_rows(rows, max_batch_tokens):
             g, le_max = len(group), max(r.length for r in group)
             ids = torch.zeros((g, le_max), dtype=torch.long)
             for i, r in enumerate(group):

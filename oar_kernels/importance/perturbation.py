@@ -32,6 +32,7 @@ import torch
 from ..segments import Segments
 from . import _cache
 from ._common import (
+    group_rows,
     EvalMode,
     Row,
     apply_head,
@@ -68,21 +69,6 @@ def _resolve_perturb_token(model, perturb_token, vocab: int) -> int:
     ):
         raise ValueError(f"perturb_token: expected a token id in [0, {vocab}), got {perturb_token!r}")
     return int(perturb_token)
-
-
-def _groups(rows: List[Row], budget: int) -> List[List[Row]]:
-    """Consecutive rows, as many per group as fit g * max(Le) <= budget (at least one)."""
-    out, cur, longest = [], [], 0
-    for row in rows:
-        new_longest = max(longest, row.length)
-        if cur and (len(cur) + 1) * new_longest > budget:
-            out.append(cur)
-            cur, new_longest = [], row.length
-        cur.append(row)
-        longest = new_longest
-    if cur:
-        out.append(cur)
-    return out
 
 
 class _Body:
@@ -282,7 +268,7 @@ def perturbation_importance(
     net = _Body(model)
     with EvalMode(model):
         if prefix_reuse:
-            for group in _groups(rows, max_batch_tokens):
+            for group in group_rows(rows, max_batch_tokens):
                 _score_group_reuse(net, group, mode, perturb, max_batch_tokens, scores, device, dtype)
         else:
             _score_plain(net, rows, mode, perturb, max_batch_tokens, scores, device)

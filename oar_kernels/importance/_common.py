@@ -20,10 +20,13 @@ from ..reference.importance import (  # noqa: F401  (re-exported: one copy of ea
     MODES,
     SCORES,
     EvalMode,
+    check_generator,
     check_lengths,
+    check_segments,
     default_perturb_token,
     draw_noise,
     is_scored,
+    resolve_perturb_token,
 )
 from ..segments import Segments
 
@@ -33,15 +36,6 @@ LOG_EPS = 1e-12  # OAR-G's KL uses log(p + 1e-12) (OAR_SPEC.md section 4)
 # ------------------------------------------------------------------------------------------
 # Argument checks
 # ------------------------------------------------------------------------------------------
-
-
-def check_segments(segments) -> List[Segments]:
-    if not isinstance(segments, (list, tuple)):
-        raise ValueError(f"segments: expected a list of Segments, got {type(segments).__name__}")
-    for b, seg in enumerate(segments):
-        if not isinstance(seg, Segments):
-            raise ValueError(f"segments[{b}]: expected Segments, got {type(seg).__name__}")
-    return list(segments)
 
 
 def check_mode(mode) -> None:

@@ -23,10 +23,10 @@ import torch
 from .._checks import check_number
 from ..segments import Segments
 from ._common import (
-    group_rows,
     EvalMode,
     Row,
     apply_head,
+    check_generator,
     check_lengths,
     check_max_batch_tokens,
     check_mode,
@@ -36,6 +36,7 @@ from ._common import (
     draw_noise,
     empty_output,
     gradient_objective,
+    group_rows,
     hidden_of,
     input_embeddings,
     is_scored,
@@ -43,11 +44,6 @@ from ._common import (
     outcome,
 )
 from ._saliency import Saliency
-
-
-def check_generator(generator) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
 
 
 def p_final_at(model, head, hidden: torch.Tensor, group: List[Row], mode: str) -> List[torch.Tensor]:

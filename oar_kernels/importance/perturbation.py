@@ -23,7 +23,6 @@ budget: the plain baseline.
 """
 from __future__ import annotations
 
-import numbers
 import warnings
 from typing import List, Optional, Sequence, Tuple
 
@@ -32,7 +31,6 @@ import torch
 from ..segments import Segments
 from . import _cache
 from ._common import (
-    group_rows,
     EvalMode,
     Row,
     apply_head,
@@ -41,34 +39,21 @@ from ._common import (
     check_mode,
     check_segments,
     decoder_and_head,
-    default_perturb_token,
     empty_output,
+    group_rows,
     hidden_of,
     input_embeddings,
     is_scored,
     make_row,
     outcome,
     perturbation_score,
+    resolve_perturb_token,
 )
 
 
 # Longest packed row, in sequence lengths: each query scores (sequence + row) keys, most of
 # them masked out, so long rows cost attention work without saving anything (benchmarked).
 ROW_FACTOR = 1.0
-
-
-def _resolve_perturb_token(model, perturb_token, vocab: int) -> int:
-    if perturb_token is None:
-        perturb_token = default_perturb_token(model)
-    if isinstance(perturb_token, torch.Tensor) and perturb_token.numel() == 1 and not perturb_token.is_floating_point():
-        perturb_token = perturb_token.item()
-    if (
-        isinstance(perturb_token, bool)
-        or not isinstance(perturb_token, numbers.Integral)
-        or not 0 <= int(perturb_token) < vocab
-    ):
-        raise ValueError(f"perturb_token: expected a token id in [0, {vocab}), got {perturb_token!r}")
-    return int(perturb_token)
 
 
 class _Body:
@@ -255,7 +240,7 @@ def perturbation_importance(
         raise ValueError(f"prefix_reuse: expected a bool, got {prefix_reuse!r}")
     emb = input_embeddings(model)
     vocab = int(emb.weight.shape[0])
-    perturb = _resolve_perturb_token(model, perturb_token, vocab)
+    perturb = resolve_perturb_token(model, perturb_token, vocab)
     check_lengths(model, segments, mode != "last", vocab)
     device, dtype = emb.weight.device, emb.weight.dtype
     scores, mask = empty_output(segments, device)

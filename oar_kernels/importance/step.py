@@ -64,7 +64,7 @@ from ._common import (
 )
 from . import _cache
 from ._saliency import Saliency
-from .gradient import check_generator
+from ._common import check_generator
 
 
 @dataclass

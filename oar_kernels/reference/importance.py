@@ -106,7 +106,8 @@ def kl_from_log_probs(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------
 
 
-def _check_segments(segments) -> List[Segments]:
+def check_segments(segments) -> List[Segments]:
+    """The list of Segments, or ValueError naming the bad element."""
     if not isinstance(segments, (list, tuple)):
         raise ValueError(f"segments: expected a list of Segments, got {type(segments).__name__}")
     for b, seg in enumerate(segments):
@@ -193,6 +194,27 @@ def default_perturb_token(model) -> int:
     )
 
 
+def resolve_perturb_token(model, perturb_token, vocab: int) -> int:
+    """The perturbation token id: the given one (int or 1-element integer tensor) or the
+    model's default, checked to lie in [0, vocab)."""
+    if perturb_token is None:
+        perturb_token = default_perturb_token(model)
+    if isinstance(perturb_token, torch.Tensor) and perturb_token.numel() == 1 and not perturb_token.is_floating_point():
+        perturb_token = perturb_token.item()
+    if (
+        isinstance(perturb_token, bool)
+        or not isinstance(perturb_token, numbers.Integral)
+        or not 0 <= int(perturb_token) < vocab
+    ):
+        raise ValueError(f"perturb_token: expected a token id in [0, {vocab}), got {perturb_token!r}")
+    return int(perturb_token)
+
+
+def check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
+
+
 @torch.no_grad()
 def perturbation_importance_naive(
     model,
@@ -208,21 +230,11 @@ def perturbation_importance_naive(
 
     Returns (scores [B, R_max] float32, mask [B, R_max] bool); see the module docstring.
     """
-    segments = _check_segments(segments)
+    segments = check_segments(segments)
     check_choice("mode", mode, MODES)
     emb = _embedding(model)
     vocab = int(emb.weight.shape[0])
-    if perturb_token is None:
-        perturb_token = default_perturb_token(model)
-    if isinstance(perturb_token, torch.Tensor) and perturb_token.numel() == 1 and not perturb_token.is_floating_point():
-        perturb_token = perturb_token.item()
-    if (
-        isinstance(perturb_token, bool)
-        or not isinstance(perturb_token, numbers.Integral)
-        or not 0 <= int(perturb_token) < vocab
-    ):
-        raise ValueError(f"perturb_token: expected a token id in [0, {vocab}), got {perturb_token!r}")
-    perturb_token = int(perturb_token)
+    perturb_token = resolve_perturb_token(model, perturb_token, vocab)
     with_answer = mode != "last"
     check_lengths(model, segments, with_answer, vocab)
     device = emb.weight.device
@@ -290,12 +302,11 @@ def gradient_importance_naive(
 
     Returns (scores [B, R_max] float32, mask [B, R_max] bool); see the module docstring.
     """
-    segments = _check_segments(segments)
+    segments = check_segments(segments)
     check_choice("mode", mode, MODES)
     check_choice("score", score, SCORES)
     check_number("noise_std", noise_std, lo=0.0)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
+    check_generator(generator)
     emb = _embedding(model)
     vocab, dim = int(emb.weight.shape[0]), int(emb.weight.shape[1])
     with_answer = mode != "last"

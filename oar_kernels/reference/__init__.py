@@ -7,7 +7,6 @@ from importlib import import_module
 
 _EXPORTS = {
     "bilevel_reshape_reference": ".bilevel",
-    "masked_quantile": ".bilevel",
     "group_advantages_reference": ".grpo",
     "per_token_grpo_loss": ".grpo",
     "aggregate_loss": ".grpo",

@@ -8,7 +8,7 @@ Speed notes (CPU path): torch.where / masked_fill with a bool mask run several t
 than float arithmetic on CPU, so the mask is applied as a 0/1 float (exact: x * 1 = x,
 x * 0 = 0 and x + 0 = x for finite x), and a row sort goes through numpy's vectorized sort,
 an order of magnitude faster than torch.sort on CPU. The results are bit-identical to the
-direct formulation (torch.where padding, masked_quantile on n), checked on random inputs.
+direct formulation (torch.where padding, a per-row sort of n), checked on random inputs.
 """
 from __future__ import annotations
 
@@ -17,26 +17,6 @@ import torch
 
 _EPS = 1e-8
 _CPU_CHUNK_ELEMENTS = 1 << 16  # 256 KiB per float32 temporary
-
-
-def masked_quantile(values: torch.Tensor, mask: torch.Tensor, q: float) -> torch.Tensor:
-    """Per-row quantile at level q over masked entries, numpy's default "linear" method.
-
-    Returns [B] (0 for rows with no masked entry). The interpolation mirrors numpy's lerp,
-    which switches form at t >= 0.5 for accuracy, so results agree to the last bit in float64.
-    """
-    n = mask.sum(dim=1)
-    ordered = torch.where(mask, values, torch.full_like(values, float("inf"))).sort(dim=1).values
-    virtual = q * (n - 1).clamp_min(0).to(torch.float64)
-    lo = virtual.floor()
-    t = (virtual - lo).to(values.dtype)
-    lo = lo.long()
-    hi = torch.minimum(lo + 1, (n - 1).clamp_min(0))
-    a = ordered.gather(1, lo.unsqueeze(1)).squeeze(1)
-    b = ordered.gather(1, hi.unsqueeze(1)).squeeze(1)
-    diff = b - a
-    out = torch.where(t >= 0.5, b - diff * (1 - t), a + diff * t)
-    return torch.where(n > 0, out, torch.zeros_like(out))
 
 
 def _sort_rows(x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +69,7 @@ def _reshape_rows(scores, mask, tau, beta, floor, sum_to_len, out):
     span = torch.where(span > 0, span, torch.ones_like(span))  # range taken as 1 when max == min
 
     # quantile of n = (s - min) / span, numpy's "linear" method. n is monotone in s, so its
-    # order statistics are the normalized order statistics of s (what masked_quantile gives).
+    # order statistics are the normalized order statistics of s.
     last = (count.long() - 1).clamp_min_(0)  # all [rows, 1] from here to q
     virtual = tau * last.to(torch.float64)
     lo = virtual.floor()

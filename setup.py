@@ -24,6 +24,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["oar_kernels", "oar_kernels.*"]),
+    package_data={"oar_kernels.native": ["*.c"]},  # compiled on first use (oar_kernels/native/_build.py)
     install_requires=[
         "torch>=2.4",
         "triton>=3.0",

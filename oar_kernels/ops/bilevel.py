@@ -8,6 +8,15 @@ from ..reference.bilevel import bilevel_reshape_reference
 from ._dispatch import resolve_backend
 
 
+def _native_ok(scores: torch.Tensor) -> bool:
+    """auto on CPU: the C kernel, except for float64 scores (it computes in float32)."""
+    if scores.device.type != "cpu" or scores.dtype == torch.float64:
+        return False
+    from ..native.bilevel import available
+
+    return available()
+
+
 def bilevel_reshape(
     scores: torch.Tensor,
     mask: torch.Tensor,
@@ -31,7 +40,9 @@ def bilevel_reshape(
         beta: boost strength, >= 0.
         floor: smallest weight a suppressed token gets before rescaling, in [0, 1].
         sum_to_len: rescale each row to sum to its number of masked positions.
-        backend: "auto" (Triton on CUDA, torch elsewhere), "triton" or "torch".
+        backend: "auto" (Triton on CUDA; on CPU the C kernel of oar_kernels/native when a C
+            compiler is present and scores are not float64, else torch), "triton", "torch",
+            or "native" (the C kernel, CPU tensors only; an error when it cannot be built).
 
     Returns:
         weights [B, T] float32, exactly 1.0 wherever mask is False (rows with R = 0 are all 1).
@@ -43,6 +54,16 @@ def bilevel_reshape(
     check_number("floor", floor, lo=0.0, hi=1.0)
     if not isinstance(sum_to_len, bool):
         raise ValueError(f"sum_to_len: expected a bool, got {sum_to_len!r}")
+    if backend == "native" or (backend == "auto" and _native_ok(scores)):
+        from ..native.bilevel import available, bilevel_reshape_native
+
+        if scores.device.type != "cpu":
+            raise ValueError(f"backend: 'native' runs on CPU tensors, got scores on {scores.device}")
+        if not available():
+            raise ValueError("backend: 'native' is unavailable here (no C compiler found, a failed build, "
+                             "or OAR_KERNELS_NATIVE=0); use 'auto' or 'torch'")
+        # the kernel checks that masked scores are finite as it reads them (ValueError)
+        return bilevel_reshape_native(scores, mask, tau, beta, floor, sum_to_len)
     # Cheap common case first: a finite sum proves every element finite (NaN and Inf
     # propagate through a sum; an overflow only sends us to the exact check). Padding may hold
     # NaN/Inf legitimately, so only then look at the masked positions.

@@ -210,11 +210,14 @@ class OARGStep:
             ids[b, : P[b] + Nr[b]] = torch.cat([segments[b].prompt_ids, responses[b]])
         ids = ids.to(device)
         e = emb(ids)  # [B, T, D], graph to the embedding weights
-        sal = Saliency(e)
+        # kl_grad="exact" differentiates its own small noisy graph, so the policy forward needs
+        # no probe and its branch no graph; the other paths backpropagate through both.
+        exact = bool(rows) and mode != "answer_joint" and self.kl_grad == "exact" and _cache.available()
+        sal = None if exact else Saliency(e)
         from transformers import DynamicCache
 
         cache = DynamicCache()
-        hidden = hidden_of(body(inputs_embeds=sal.output, past_key_values=cache, use_cache=True))
+        hidden = hidden_of(body(inputs_embeds=e if exact else sal.output, past_key_values=cache, use_cache=True))
         # response token j of row b sits at P_b + j and is predicted at P_b + j - 1
         pred = torch.tensor(P)[:, None] - 1 + torch.arange(N)[None, :]
         mask = torch.arange(N)[None, :] < torch.tensor(Nr)[:, None]
@@ -231,8 +234,11 @@ class OARGStep:
         score_mask = torch.zeros(B, R_max, dtype=torch.bool, device=device)
         weights = torch.ones(B, N, dtype=torch.float32, device=device)
         if rows:
-            z_sel = self._branch(rows, cache, hidden, T, device)  # {b: [k_b, V]} with graph
-            if mode != "answer_joint" and self.kl_grad == "exact" and _reusable(cache):
+            with torch.set_grad_enabled(not exact and torch.is_grad_enabled()):
+                z_sel = self._branch(rows, cache, hidden, T, device)  # {b: [k_b, V]}
+            if exact:
+                if not _reusable(cache):  # pragma: no cover - a cache without per-layer tensors
+                    raise RuntimeError("kl_grad='exact' needs transformers' layered cache; use kl_grad='linearized'")
                 per_row = self._exact_kl(rows, z_sel, generator, dim, device, cache, B)
             else:
                 cot = self._cotangents(rows, z_sel, generator, dim, device, cache, B)

@@ -39,9 +39,10 @@ def _rows(out):
         return [r for r in map(json.loads, f) if r["kind"] == "train"]
 
 
-@pytest.mark.parametrize("algo, fsdp", [("oar-g", False), ("grpo", True)])
+@pytest.mark.parametrize("algo, fsdp", [("oar-g", False), ("oar-g", True), ("oar-p", True)])
 def test_two_processes_match_one(tiny_model, tmp_path, algo, fsdp):
-    """DDP (and FSDP2, grpo only) over 2 gloo processes vs 1 process, same global batch."""
+    """DDP and FSDP2 over 2 gloo processes vs 1 process, same global batch. The FSDP runs
+    cover the GRPO loss too, and OAR scoring under sharding (the full-parameter block)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     one, two = tmp_path / "one", tmp_path / "two"
     # one process, two micro-batches (the 2-process run has one micro-batch per process)

@@ -89,7 +89,7 @@ class TrainConfig:
     html_samples: int = _f(4, "responses shown in weights.html (tokens coloured by OAR weight)")
     progress: bool = _f(True, "show progress bars")
     fsdp: bool = _f(False, "under torchrun: shard the model with FSDP2 instead of replicating it with DDP "
-                    "(experimental; algo grpo only for now)")
+                    "(experimental; OAR importance scoring gathers the full model on each process)")
 
     # -- derived -------------------------------------------------------------------------
     def resolved_pfinal_mode(self) -> str:
@@ -185,9 +185,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.algo == "oar-g" and cfg.noise_std == 0 and cfg.resolved_pfinal_mode() != "answer_joint":
         raise ConfigError("noise_std: must be > 0 for OAR-G with a KL objective (the gradient is zero at zero "
                           "noise); use pfinal_mode=answer_joint for noise-free scores")
-    if cfg.fsdp and cfg.algo != "grpo":
-        raise ConfigError("fsdp: FSDP2 supports algo=grpo only for now (OAR importance forwards are not "
-                          "collective-safe yet); use DDP for oar-g / oar-p")
     if cfg.fsdp and cfg.rollout == "vllm":
         raise ConfigError("fsdp: the vLLM rollout is single-process; use rollout=hf with fsdp")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):

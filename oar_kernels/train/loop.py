@@ -7,6 +7,7 @@ processes follow the same curve as one with the same global batch and seed.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import math
@@ -150,8 +151,8 @@ def wrap_parallel(model, cfg: TrainConfig, dist: Dist, device: torch.device):
 
         layers = getattr(getattr(model, "model", None), "layers", None) or []
         for layer in layers:
-            fully_shard(layer)
-        fully_shard(model)
+            fully_shard(layer, reshard_after_forward=True)
+        fully_shard(model, reshard_after_forward=False)  # the root's states are needed first in backward
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -236,6 +237,37 @@ def evaluate(model, tokenizer, task, cfg: TrainConfig, dist: Dist) -> float:
 
 # -- one step ---------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def full_parameters(model, cfg: TrainConfig, dist: Dist):
+    """FSDP2: every shard unit's full parameters held for the block, with no collective inside it.
+
+    The importance functions call the embeddings, the decoder body and the LM head directly
+    (not through the root's forward, whose hooks gather the root's parameters), and run a
+    data-dependent number of forwards per process (batches are cut by token budgets), so
+    per-layer all-gathers inside them would not match across processes. One unshard of every
+    unit before (the same collectives on every process), no resharding inside, reshard after.
+    Memory: the whole model on each process during importance scoring.
+    """
+    if not (dist.enabled and cfg.fsdp):
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for u in units:
+        u.unshard()
+        u.set_reshard_after_forward(False, recurse=False)
+        u.set_reshard_after_backward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for u in units:
+            # wrap_parallel's choice: layers reshard after forward, the root does not
+            u.set_reshard_after_forward(u is not model, recurse=False)
+            u.set_reshard_after_backward(True, recurse=False)
+            u.reshard()
+
+
 def oar_weights(model, tokenizer, rows, adv, cfg, seed, stats):
     """[len(rows), C] weights on response positions: Bi-Level weights on each response's
     reasoning prefix, 1 elsewhere and for responses with no answer or zero advantage."""
@@ -309,14 +341,15 @@ def train_step(step, model, wrapped, ref_model, opt, sched, tokenizer, task, rew
     stats: Dict[str, float] = {"oar_responses": 0.0}
     weights_parts, reasoning_parts = [], []
     per_chunk = gbs * G
-    for c, r0 in enumerate(range(0, len(rows), per_chunk)):
-        stats_c: Dict[str, float] = {}
-        noise_seed = derive_seed(cfg.seed, step, "noise", (dist.rank * P_local) // gbs + c)
-        w, rm = oar_weights(model, tokenizer, rows[r0 : r0 + per_chunk], adv[r0 : r0 + per_chunk], cfg,
-                            noise_seed, stats_c)
-        stats["oar_responses"] += stats_c.get("oar_responses", 0.0)
-        weights_parts.append(w)
-        reasoning_parts.append(rm)
+    with full_parameters(model, cfg, dist) if cfg.algo != "grpo" else _null():
+        for c, r0 in enumerate(range(0, len(rows), per_chunk)):
+            stats_c: Dict[str, float] = {}
+            noise_seed = derive_seed(cfg.seed, step, "noise", (dist.rank * P_local) // gbs + c)
+            w, rm = oar_weights(model, tokenizer, rows[r0 : r0 + per_chunk], adv[r0 : r0 + per_chunk], cfg,
+                                noise_seed, stats_c)
+            stats["oar_responses"] += stats_c.get("oar_responses", 0.0)
+            weights_parts.append(w)
+            reasoning_parts.append(rm)
     t_importance = time.time() - t1
 
     # 4. loss over micro-batches, normalised by the whole step's counts

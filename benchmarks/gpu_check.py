@@ -14,8 +14,9 @@
    median), with the achieved TFLOP/s of the LM-head GEMMs (3 x 2NDV per fwd+bwd) against
    the measured rate of a plain bf16 torch.matmul of the same shape.
    Targets: memory <= 0.1x eager, time <= 0.7x eager and <= 1.0x liger.
-3. Rows of gpu_rows(device) from benchmarks/bench_bilevel.py, bench_saliency.py and bench_importance.py
-   when those modules exist.
+3. Rows of gpu_rows(device) from benchmarks/bench_bilevel.py, bench_saliency.py,
+   bench_importance.py and rl_step.py (the full RL step, OAR vs GRPO, including a
+   Qwen2-0.5B-shaped model at 256 completion tokens) when those modules exist.
 
 Prints one table and writes it as markdown to --out. Without a GPU it says so and exits 0.
 Exit status 1 when a correctness check fails (missed speed/memory targets do not change it).
@@ -355,7 +356,7 @@ def bench_rows(device, dry: bool, repeats: int):
 
 def foreign_rows(device, dry: bool):
     rows = []
-    for name in ("bench_bilevel", "bench_saliency", "bench_importance"):
+    for name in ("bench_bilevel", "bench_saliency", "bench_importance", "rl_step"):
         path = os.path.join(HERE, f"{name}.py")
         if not os.path.exists(path):
             continue

@@ -3,6 +3,7 @@
     python benchmarks/rl_step.py                       # the trainer's default policy (cached warm start)
     python benchmarks/rl_step.py --model PATH          # any local transformers folder (e.g. SmolLM2-135M)
     python benchmarks/rl_step.py --out rl_step.md      # also write the table (.md markdown, .csv CSV)
+    python benchmarks/rl_step.py --synthetic qwen2-0.5b --max-completion-length 256   # realistic size (GPU)
 
 What is measured (one process, the trainer's own functions from oar_kernels.train.loop):
 
@@ -148,8 +149,8 @@ def policy_update(model, opt, sched, tokenizer, rows, adv, weights, cfg, device)
 def _segments_for_step(rows, adv, tokenizer, cfg):
     """The rows loop.oar_weights scores (nonzero advantage, an answer, some reasoning) and their
     Segments; the others get empty Segments (weight 1), as OARGStep wants one per row."""
-    from oar_kernels import build_segments
     from oar_kernels.segments import Segments
+    from oar_kernels.train.loop import build_segments  # the trainer's symbol (synthetic mode patches it)
 
     segs, picked = [], []
     empty = torch.zeros(0, dtype=torch.long)
@@ -165,6 +166,72 @@ def _segments_for_step(rows, adv, tokenizer, cfg):
             picked.append(i)
         segs.append(seg)
     return segs, picked
+
+
+# ------------------------------------------------------------------------------------ synthetic mode
+
+SYNTHETIC_ANSWER = 4  # answer-span tokens of a synthetic segment
+
+
+def synthetic_segments(prompt_ids, response_ids, tokenizer, conclude_text, response_text=None, **_):
+    """Segments of a response whatever it says: the last SYNTHETIC_ANSWER tokens before EOS are
+    the answer, everything before them the reasoning (too short a response: no answer)."""
+    from oar_kernels.segments import Segments
+
+    resp = list(response_ids)
+    if resp and resp[-1] == tokenizer.eos_token_id:
+        resp = resp[:-1]
+    t = lambda x: torch.as_tensor(x, dtype=torch.long)  # noqa: E731
+    if len(resp) <= SYNTHETIC_ANSWER:
+        return Segments(t(prompt_ids), t(resp), t([]), t([]))
+    conclude = tokenizer.encode(conclude_text, add_special_tokens=False)
+    return Segments(t(prompt_ids), t(resp[:-SYNTHETIC_ANSWER]), t(conclude), t(resp[-SYNTHETIC_ANSWER:]),
+                    answer_text="<synthetic>")
+
+
+@contextlib.contextmanager
+def _synthetic_segments():
+    from oar_kernels.train import loop
+
+    orig = loop.build_segments
+    loop.build_segments = lambda p, r, tok, conclude_text, response_text=None: synthetic_segments(p, r, tok, conclude_text)
+    try:
+        yield
+    finally:
+        loop.build_segments = orig
+
+
+SYNTHETIC_MODELS = {
+    # Qwen2.5-0.5B's shape (random weights): 24 layers, hidden 896, 14 / 2 heads, vocab 151936
+    "qwen2-0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                       intermediate_size=4864, vocab_size=151936),
+    "tiny": dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                 intermediate_size=64, vocab_size=1000),
+}
+
+
+def synthetic_model(name: str, device, dtype=torch.float32):
+    """(model, tokenizer, label): a Qwen2 model of a named shape with random weights, and the
+    project's character tokenizer padded with placeholder tokens to the model's vocabulary (so
+    any sampled id decodes). Nothing is downloaded."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    from oar_kernels.models.tokenizer import BOS, CHARS, EOS, PAD, UNK
+
+    shape = SYNTHETIC_MODELS[name]
+    base = [PAD, EOS, BOS, UNK] + CHARS
+    vocab = {w: i for i, w in enumerate(base + [f"<x{i}>" for i in range(shape["vocab_size"] - len(base))])}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token=PAD, eos_token=EOS, bos_token=BOS, unk_token=UNK,
+                                  padding_side="left", clean_up_tokenization_spaces=False)
+    cfg = Qwen2Config(**shape, max_position_embeddings=4096, tie_word_embeddings=True, pad_token_id=0,
+                      eos_token_id=1, bos_token_id=2)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(cfg).to(device=device, dtype=dtype).eval()
+    return model, tok, f"{name}-shaped Qwen2 (random init, synthetic answer spans)"
 
 
 # ------------------------------------------------------------------------------------ measurement
@@ -200,8 +267,21 @@ def _oarg_step_once(model, opt, sched, tokenizer, rows, adv, cfg, seed, k, devic
 
 
 def run(model, tokenizer, prompts=16, num_generations=8, max_completion_length=48, steps=3, warmup=1,
-        seed=0, naive_budget=20.0, oarg_step=True, prefix_table=True, device=None, log: Callable = print) -> Dict:
-    """Measures every algorithm on the same rollout; returns a dict of results (see format_table)."""
+        seed=0, naive_budget=20.0, oarg_step=True, prefix_table=True, device=None, log: Callable = print,
+        synthetic: bool = False) -> Dict:
+    """Measures every algorithm on the same rollout; returns a dict of results (see format_table).
+
+    synthetic: for models that write no answers (random weights at realistic sizes): rewards
+    alternate 0/1 within each group and every response is scored, its last SYNTHETIC_ANSWER
+    tokens (before EOS) taken as the answer span, the rest as reasoning (synthetic_segments).
+    """
+    with _synthetic_segments() if synthetic else contextlib.nullcontext():
+        return _measure(model, tokenizer, prompts, num_generations, max_completion_length, steps, warmup, seed,
+                        naive_budget, oarg_step, prefix_table, device, log, synthetic)
+
+
+def _measure(model, tokenizer, prompts, num_generations, max_completion_length, steps, warmup, seed, naive_budget,
+             oarg_step, prefix_table, device, log, synthetic) -> Dict:
     from oar_kernels import group_advantages
     from oar_kernels.data import format_prompt, load_task
     from oar_kernels.rewards import load_reward_fn
@@ -239,7 +319,10 @@ def run(model, tokenizer, prompts=16, num_generations=8, max_completion_length=4
     t_rew = []
     for k in range(reps):
         t = time.perf_counter()
-        rewards = torch.tensor(reward_fn(prompts_rep, texts, answers), dtype=torch.float32)
+        if synthetic:  # alternating rewards: every group mixed, every response scored
+            rewards = torch.tensor([float(i % 2) for i in range(len(rows))])
+        else:
+            rewards = torch.tensor(reward_fn(prompts_rep, texts, answers), dtype=torch.float32)
         adv = group_advantages(rewards, num_generations, scale=base.scale_rewards)
         if k >= warmup:
             t_rew.append(time.perf_counter() - t)
@@ -417,22 +500,31 @@ def format_table(res: Dict, fmt: str = "md") -> str:
 
 # ------------------------------------------------------------------------------------ GPU rows
 
-def gpu_rows(device, prompts=64, num_generations=8, max_completion_length=256, steps=3, model_path=None) -> list:
+def gpu_rows(device, prompts=64, num_generations=8, max_completion_length=256, steps=3, model_path=None,
+             synthetic="qwen2-0.5b", synthetic_prompts=16) -> list:
     """Rows (op, shape, metric, value, target, ok) for benchmarks/gpu_check.py: the full RL step
-    on `device` for the trainer's default policy and, when $OAR_BENCH_SMOLLM2 (or model_path)
-    names a local transformers folder, for that model. Failures become rows with ok=False."""
+    on `device` for the trainer's default policy; for a realistic size, a `synthetic`-shaped
+    model (random weights, bf16, synthetic answer spans: every response scored) at
+    max_completion_length; and, when $OAR_BENCH_SMOLLM2 (or model_path) names a local
+    transformers folder, for that model. Failures become rows with ok=False."""
     device = torch.device(device)
     rows = []
-    targets = [("default", 48)]
+    targets = [("default", 48, None)]
+    if synthetic:
+        targets.append((synthetic, max_completion_length, "synthetic"))
     path = model_path or os.environ.get("OAR_BENCH_SMOLLM2")
     if path:
-        targets.append((path, max_completion_length))
-    for name, C in targets:
-        shp = f"{os.path.basename(str(name).rstrip('/'))} P={prompts} G={num_generations} C={C}"
+        targets.append((path, max_completion_length, None))
+    for name, C, kind in targets:
+        P = synthetic_prompts if kind else prompts
+        shp = f"{os.path.basename(str(name).rstrip('/'))} P={P} G={num_generations} C={C}"
         try:
-            model, tok, _ = load_model(name, device, log=lambda *a, **k: None)
-            res = run(model, tok, prompts, num_generations, C, steps=steps, warmup=1, naive_budget=30.0,
-                      device=device, log=lambda *a, **k: None)
+            if kind:
+                model, tok, _ = synthetic_model(name, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+            else:
+                model, tok, _ = load_model(name, device, log=lambda *a, **k: None)
+            res = run(model, tok, P, num_generations, C, steps=steps, warmup=1, naive_budget=30.0,
+                      device=device, log=lambda *a, **k: None, synthetic=bool(kind))
             by = {r["algo"]: r for r in table_rows(res)}
             for algo in ("oar-g", "oar-g 1fwd", "oar-p"):
                 if algo not in by:
@@ -464,6 +556,12 @@ def gpu_rows(device, prompts=64, num_generations=8, max_completion_length=256, s
 def main(argv=None) -> Dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="default", help="'default' (the trainer's policy) or a local transformers folder")
+    ap.add_argument("--synthetic", default="", choices=["", *SYNTHETIC_MODELS],
+                    help="instead of --model: a Qwen2 of this shape with random weights; every response is scored "
+                         "with a synthetic answer span (its last tokens) and rewards alternate, so OAR's cost shows "
+                         "at sizes where no trained model is at hand")
+    ap.add_argument("--score-all", action="store_true",
+                    help="with --model: score every response with a synthetic answer span (as --synthetic does)")
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--num-generations", type=int, default=8)
     ap.add_argument("--max-completion-length", type=int, default=48)
@@ -482,12 +580,16 @@ def main(argv=None) -> Dict:
     device = resolve_device(cfg, Dist())
     threads = set_cpu_threads(cfg, Dist()) if device.type == "cpu" else torch.get_num_threads()
     torch.manual_seed(a.seed)
-    model, tok, path = load_model(a.model, device)
+    if a.synthetic:
+        model, tok, path = synthetic_model(a.synthetic, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    else:
+        model, tok, path = load_model(a.model, device)
     print(f"[rl_step] model {path} on {device}" + (f" ({threads} threads)" if device.type == "cpu" else "")
           + f"; {a.prompts} prompts x {a.num_generations} generations, <= {a.max_completion_length} tokens, "
           f"median of {a.steps} steps after {a.warmup} warm-up")
     res = run(model, tok, a.prompts, a.num_generations, a.max_completion_length, steps=a.steps, warmup=a.warmup,
-              seed=a.seed, naive_budget=a.naive_budget, oarg_step=not a.no_oarg_step, device=device)
+              seed=a.seed, naive_budget=a.naive_budget, oarg_step=not a.no_oarg_step, device=device,
+              synthetic=bool(a.synthetic) or a.score_all)
     text = format_table(res)
     print(text)
     if a.out:

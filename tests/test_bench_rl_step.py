@@ -74,3 +74,24 @@ def test_rl_step_tiny(monkeypatch):
 def test_gpu_rows_exists():
     bench = _load_bench()
     assert callable(bench.gpu_rows)
+
+
+def test_rl_step_synthetic_scores_every_response():
+    """--synthetic: a random-weight Qwen2 (tiny shape here; qwen2-0.5b on a GPU) whose responses
+    are all scored through synthetic answer spans, so OAR's cost shows without a trained model."""
+    bench = _load_bench()
+    from oar_kernels.train import loop
+
+    real = loop.build_segments
+    model, tok, label = bench.synthetic_model("tiny", "cpu")
+    assert model.config.vocab_size == len(tok) == 1000 and "random init" in label
+    res = bench.run(model, tok, prompts=2, num_generations=2, max_completion_length=12, steps=1, warmup=0,
+                    naive_budget=1.0, log=lambda *a, **k: None, synthetic=True)
+    assert loop.build_segments is real  # the patch is undone
+    by = {r["algo"]: r for r in res["rows"]}
+    # every response longer than the answer span is scored (a random model rarely stops early)
+    assert by["oar-g"]["scored"] == by["oar-p"]["scored"] == by["oar-g 1fwd"]["scored"] >= 3
+    assert res["reward_mean"] == 0.5
+    seg = bench.synthetic_segments([5, 6], [7, 8, 9, 10, 11, 12, tok.eos_token_id], tok, "So: ")
+    assert seg.reasoning_ids.tolist() == [7, 8] and seg.answer_ids.tolist() == [9, 10, 11, 12]
+    assert seg.conclude_ids.tolist() == tok.encode("So: ", add_special_tokens=False)

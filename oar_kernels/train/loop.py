@@ -535,7 +535,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, step_hook: Optio
         if cfg.rollout == "vllm":
             from ..rollout.vllm import VLLMRollout
 
-            vllm = VLLMRollout(model_path, tokenizer, seed=cfg.seed)
+            # the engine samples from the policy being trained: same dtype (vLLM's "auto" would
+            # run a float32 policy in bfloat16)
+            vllm = VLLMRollout(model_path, tokenizer, seed=cfg.seed, dtype=cfg.dtype)
             vllm.sync_weights(model)
         wrapped = wrap_parallel(model, cfg, dist, device)
         # after wrapping: FSDP2 swaps in sharded parameters, which the optimizer must hold

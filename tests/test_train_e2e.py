@@ -195,3 +195,48 @@ def test_ctrl_c_on_the_command_line_checkpoints_and_exits(tiny_model, tmp_path):
     step = len(rows_of(out))
     assert 1 <= step < 500 and "checkpoint saved" in output
     assert os.listdir(out / "checkpoints") == [f"step-{step:07d}.pt"]
+
+
+def test_fused_lm_head_logp_equals_logits_path():
+    """completion_logp through oar.fused_linear_logprob (no [B, C, V] logits) equals the logits
+    path in value and parameter gradients (fp32: 1e-5), temperature and padding included."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from oar_kernels.train.loop import completion_logp
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, vocab_size=97, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg)
+    ids = torch.randint(0, 97, (3, 11))
+    att = torch.ones_like(ids)
+    att[0, :2] = 0  # a left-padded prompt
+    att[2, -3:] = 0  # a right-padded completion
+    grads = []
+    for head in (None, model.get_output_embeddings()):
+        model.zero_grad()
+        logp = completion_logp(model, ids, att, 5, temperature=0.7, lm_head=head)
+        (logp * att[:, 5:]).sum().backward()
+        grads.append((logp.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads[1][1], grads[0][1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_lm_head_choice(tiny_model, tmp_path):
+    """auto picks the fused path only for large vocabularies; 'on' trains the same as 'off'."""
+    from oar_kernels.train.loop import FUSED_MIN_VOCAB, fused_lm_head
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert model.config.vocab_size < FUSED_MIN_VOCAB
+    assert fused_lm_head(model, tiny_config(tiny_model, tmp_path)) is None
+    assert fused_lm_head(model, tiny_config(tiny_model, tmp_path, fused_lm_head="on")) is model.get_output_embeddings()
+    runs = {}
+    for mode in ("off", "on"):
+        out = tmp_path / mode
+        train(tiny_config(tiny_model, out, algo="oar-g", fused_lm_head=mode, save_every=0), log=lambda *a: None)
+        runs[mode] = rows_of(out)
+    for a, b in zip(runs["off"], runs["on"]):
+        for key in ("reward", "loss", "grad_norm", "weight_mean"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key

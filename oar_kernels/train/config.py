@@ -60,6 +60,8 @@ class TrainConfig:
     warmup_steps: int = _f(0, "linear learning-rate warmup steps")
     lr_scheduler: str = _f("constant", "learning-rate schedule after warmup", ("constant", "linear", "cosine"))
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0: off)")
+    fused_lm_head: str = _f("auto", "policy log-probs with oar.fused_linear_logprob, never building the [tokens, "
+                            "vocab] logits: 'auto' for vocabularies >= 32768, 'on', 'off'", ("auto", "on", "off"))
     epsilon: float = _f(0.2, "lower clip range of the ratio")
     epsilon_high: Optional[float] = _f(None, "upper clip range (default: epsilon)")
     beta: float = _f(0.0, "KL penalty coefficient against the initial policy (0: no reference model)")

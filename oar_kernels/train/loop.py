@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import inspect
 import math
 import os
 import random
@@ -207,14 +208,51 @@ def sample(model, tokenizer, prompts: List[str], cfg: TrainConfig, seeds: List[i
     return rows
 
 
-def completion_logp(model, input_ids, attention_mask, prompt_len: int, temperature: float = 1.0):
+def completion_logp(model, input_ids, attention_mask, prompt_len: int, temperature: float = 1.0, lm_head=None):
     """log-probs [B, C] of the completion tokens (columns prompt_len..) under `model`, with the
-    logits divided by the sampling temperature (the policy that produced the samples, as TRL)."""
+    logits divided by the sampling temperature (the policy that produced the samples, as TRL).
+
+    lm_head: the model's output Linear to take the log-probs with oar.fused_linear_logprob from
+    the final hidden states, never building the [B, C, V] logits (the model is asked for one
+    position of logits only); None: from the model's logits.
+    """
     pos = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+    if lm_head is not None:
+        from ..ops.fused_linear_logprob import fused_linear_logprob
+
+        out = model(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=pos,
+                    logits_to_keep=1, output_hidden_states=True)
+        h = out.hidden_states[-1][:, prompt_len - 1 : -1]  # after the final norm: the LM head's input
+        B, C, D = h.shape
+        targets = input_ids[:, prompt_len:].reshape(-1)
+        logp = fused_linear_logprob(h.reshape(B * C, D), lm_head.weight, targets, bias=lm_head.bias,
+                                    temperature=temperature)
+        return logp.view(B, C)
     logits = model(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=pos).logits
     logits = logits[:, prompt_len - 1 : -1].float() / temperature
     targets = input_ids[:, prompt_len:]
     return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+FUSED_MIN_VOCAB = 32768  # fused_lm_head="auto": from here on the [tokens, V] logits dominate memory
+
+
+def fused_lm_head(model, cfg: TrainConfig):
+    """The output Linear when the update takes log-probs with the fused op (cfg.fused_lm_head),
+    else None. auto: vocabularies >= FUSED_MIN_VOCAB, for models whose logits are a plain linear
+    map of the last hidden state (no final logit soft-capping) and accept `logits_to_keep`."""
+    if cfg.fused_lm_head == "off":
+        return None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    config = getattr(model, "config", None)
+    plain = (isinstance(head, torch.nn.Linear) and not getattr(config, "final_logit_softcapping", None)
+             and "logits_to_keep" in inspect.signature(model.forward).parameters)
+    if cfg.fused_lm_head == "on":
+        if not plain:
+            raise ValueError("fused_lm_head: 'on' needs a model whose logits are a plain nn.Linear of the last "
+                             "hidden state (no final_logit_softcapping) and whose forward accepts logits_to_keep")
+        return head
+    return head if plain and head.out_features >= FUSED_MIN_VOCAB else None
 
 
 @torch.no_grad()
@@ -370,6 +408,7 @@ def train_step(step, model, wrapped, ref_model, opt, sched, tokenizer, task, rew
     Lp = p_ids.shape[1]
     model.train()
     opt.zero_grad(set_to_none=True)
+    fused_head = fused_lm_head(model, cfg)
     loss_sum, clip_sum = 0.0, 0.0
     parts = [p for p in np.array_split(np.arange(len(rows)), cfg.gradient_accumulation_steps)]
     for k, idx in enumerate(parts):
@@ -382,11 +421,12 @@ def train_step(step, model, wrapped, ref_model, opt, sched, tokenizer, task, rew
                 loss.backward()
                 continue
             mb_ids, mb_att = ids[idx].to(device), att[idx].to(device)
-            logp = completion_logp(wrapped, mb_ids, mb_att, Lp, cfg.temperature)
+            logp = completion_logp(wrapped, mb_ids, mb_att, Lp, cfg.temperature, lm_head=fused_head)
             ref = None
             if cfg.beta > 0:
                 with torch.no_grad():
-                    ref = completion_logp(ref_model, mb_ids, mb_att, Lp, cfg.temperature)
+                    ref = completion_logp(ref_model, mb_ids, mb_att, Lp, cfg.temperature,
+                                          lm_head=fused_lm_head(ref_model, cfg))
             loss, m = grpo_loss(logp, None, adv[idx].to(device), loss_mask[idx].to(device),
                                 weights=weights[idx].to(device), ref_logp=ref, epsilon=cfg.epsilon,
                                 epsilon_high=cfg.epsilon_high, beta=cfg.beta, loss_type=cfg.loss_type,

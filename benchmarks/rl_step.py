@@ -116,10 +116,11 @@ def _timed_oar_parts(acc: Dict[str, float], device):
 
 def policy_update(model, opt, sched, tokenizer, rows, adv, weights, cfg, device) -> float:
     """Section 4 of loop.train_step for one process and one micro-batch: padding, forward at
-    the sampling temperature, weighted grpo_loss, backward, clipping, optimizer step."""
+    the sampling temperature (through the fused LM-head log-probs where the trainer would use
+    them: loop.fused_lm_head), weighted grpo_loss, backward, clipping, optimizer step."""
     from oar_kernels import grpo_loss
     from oar_kernels.rollout import left_pad, right_pad
-    from oar_kernels.train.loop import completion_logp
+    from oar_kernels.train.loop import completion_logp, fused_lm_head
 
     p_ids, p_mask = left_pad([r[0] for r in rows], tokenizer.pad_token_id)
     c_ids, c_mask = right_pad([r[1] for r in rows], tokenizer.pad_token_id)
@@ -132,7 +133,7 @@ def policy_update(model, opt, sched, tokenizer, rows, adv, weights, cfg, device)
     att = torch.cat([p_mask, c_mask], dim=1).to(device)
     model.train()
     opt.zero_grad(set_to_none=True)
-    logp = completion_logp(model, ids, att, p_ids.shape[1], cfg.temperature)
+    logp = completion_logp(model, ids, att, p_ids.shape[1], cfg.temperature, lm_head=fused_lm_head(model, cfg))
     loss, _ = grpo_loss(logp, None, adv.to(device), loss_mask.to(device), weights=w.to(device),
                         epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta, loss_type=cfg.loss_type,
                         max_completion_length=cfg.max_completion_length, num_sequences=len(rows),

@@ -131,6 +131,8 @@ class OARGStep:
             and fewer FLOPs than "linearized". "linearized": a no-grad noisy forward, its
             cotangent pulled back through the policy graph (one graph only, so the least
             memory); differs from the oracle by a relative O(noise_std).
+        fused_head: the policy log-probs through oar.fused_linear_logprob instead of logits
+            (None: automatically, for plain linear heads with vocabularies >= 32768).
     """
 
     def __init__(
@@ -145,6 +147,7 @@ class OARGStep:
         sum_to_len: bool = True,
         max_noisy_tokens: int = 16384,
         kl_grad: str = "exact",
+        fused_head: Optional[bool] = None,
     ):
         check_mode(mode)
         check_choice("kl_grad", kl_grad, ("exact", "linearized"))
@@ -158,6 +161,12 @@ class OARGStep:
         self.reshape = dict(tau=tau, beta=beta, floor=floor, sum_to_len=sum_to_len)
         self.max_noisy_tokens = max_noisy_tokens
         self.kl_grad = kl_grad
+        if fused_head is not None and not isinstance(fused_head, bool):
+            raise ValueError(f"fused_head: expected None, True or False, got {fused_head!r}")
+        if fused_head and not (isinstance(self.head, torch.nn.Linear)
+                               and not getattr(getattr(model, "config", None), "final_logit_softcapping", None)):
+            raise ValueError("fused_head: True needs a plain nn.Linear LM head without final_logit_softcapping")
+        self.fused_head = fused_head
 
     # ------------------------------------------------------------------------------------
     def __call__(self, segments: Sequence[Segments], response_ids, generator: Optional[torch.Generator] = None) -> OARGOutput:
@@ -224,9 +233,17 @@ class OARGStep:
         pred = torch.where(mask, pred, 0).to(device)
         targets = torch.where(mask, ids.cpu().gather(1, (pred.cpu() + 1).clamp_max(T - 1)), 0).to(device)
         h_resp = hidden.gather(1, pred[:, :, None].expand(B, N, hidden.shape[-1]))
-        logits = apply_head(model, head, h_resp).float() if hidden.dtype in (torch.float16, torch.bfloat16) else apply_head(model, head, h_resp)
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, :, None]).squeeze(-1)  # [B, N]
-        del logits
+        if self._fused_head(head):  # large vocabulary: no [B, N, V] logits
+            from ..ops.fused_linear_logprob import fused_linear_logprob
+
+            D = h_resp.shape[-1]
+            logp = fused_linear_logprob(h_resp.reshape(B * N, D), head.weight, targets.reshape(-1),
+                                        bias=head.bias).view(B, N)
+        else:
+            logits = apply_head(model, head, h_resp)
+            logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+            logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, :, None]).squeeze(-1)  # [B, N]
+            del logits
         mask = mask.to(device)
 
         R_max = max((s.num_reasoning for s in segments), default=0)
@@ -254,6 +271,16 @@ class OARGStep:
                 weights[:, :R_max] = torch.where(score_mask, w, weights[:, :R_max])
         del cache
         return OARGOutput(logp, mask, scores, score_mask, weights)
+
+    FUSED_MIN_VOCAB = 32768  # from here on the [B, N, V] logits of the policy forward dominate memory
+
+    def _fused_head(self, head) -> bool:
+        """The policy log-probs go through oar.fused_linear_logprob (fused_head=None: for plain
+        linear heads of vocabularies >= FUSED_MIN_VOCAB without final logit soft-capping)."""
+        if self.fused_head is not None:
+            return self.fused_head
+        cap = getattr(getattr(self.model, "config", None), "final_logit_softcapping", None)
+        return isinstance(head, torch.nn.Linear) and not cap and head.out_features >= self.FUSED_MIN_VOCAB
 
     # ------------------------------------------------------------------------------------
     def _branch(self, rows: Dict[int, object], cache, hidden, T, device) -> Dict[int, torch.Tensor]:

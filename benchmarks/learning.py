@@ -255,6 +255,7 @@ def render_table(stats: Dict[str, dict], meta: dict) -> str:
               f"- git commit: {meta.get('commit', '')}" + (
                   f" (runs made at: {', '.join(meta['run_commits'])})" if meta.get("run_commits") else ""),
               f"- machine: {meta.get('machine', '')}",
+              *([f"- note: {meta['note']}"] if meta.get("note") else []),
               "- plot: learning.png (line = mean over seeds, shaded band = min..max over seeds)"]
     if meta.get("left_out"):
         lines.append("- finished runs left out (their seed is not finished for every algorithm): "
@@ -383,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_threads", type=int, default=1, help="torch CPU threads of each run")
     p.add_argument("--out", default=os.path.join("runs", "learning"), help="output folder")
     p.add_argument("--report_only", action="store_true", help="only rewrite learning.md/png from finished runs")
+    p.add_argument("--note", default="", help="a line added to learning.md (e.g. what else loaded the machine)")
     return p
 
 
@@ -400,8 +402,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.max_steps < 1 or args.eval_size < 1 or args.eval_every < 0:
         print("learning.py: --max_steps and --eval_size must be >= 1, --eval_every >= 0", file=sys.stderr)
         return 2
-    command = shlex.join(["python", "benchmarks/learning.py", *argv] + (["--", *extra] if extra else []))
-    meta = {"command": command, "eval_size": args.eval_size, "commit": git_commit(),
+    # the command that makes the runs (--report_only and --note only rewrite the report)
+    shown, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--note":
+            skip = True
+        elif a != "--report_only" and not a.startswith("--note="):
+            shown.append(a)
+    command = shlex.join(["python", "benchmarks/learning.py", *shown] + (["--", *extra] if extra else []))
+    meta = {"command": command, "eval_size": args.eval_size, "commit": git_commit(), "note": args.note,
             "machine": f"{os.cpu_count()} CPU cores, torch threads {args.num_threads} per run, runs sequential"}
     jobs = [(a, s) for s in args.seeds for a in args.algos]  # seed-major
     failed: List[str] = []

@@ -87,10 +87,13 @@ def test_main_report_only_and_flag_checks(tmp_path, capsys):
     for algo in FINALS:
         _write_run(tmp_path, bench, algo, 0)
     rc = bench.main(["--algos", "grpo", "oar-g", "--seeds", "0", "--max_steps", str(STEPS), "--eval_size", "1000",
-                     "--out", str(tmp_path), "--report_only"])
+                     "--out", str(tmp_path), "--report_only", "--note", "other core busy"])
     assert rc == 0
     assert (tmp_path / "learning.png").exists()
-    assert "| oar-g | 1 |" in (tmp_path / "learning.md").read_text()
+    table = (tmp_path / "learning.md").read_text()
+    assert "| oar-g | 1 |" in table and "- note: other core busy" in table
+    command = next(line for line in table.splitlines() if line.startswith("- command:"))
+    assert "--max_steps 10" in command and "--report_only" not in command and "--note" not in command
     # the per-run flags belong to the script, not to the pass-through
     assert bench.main(["--out", str(tmp_path), "--report_only", "--", "--seed", "3"]) == 2
     # the trainer command a run gets: same budget flags for every algo, extra flags appended

@@ -38,16 +38,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import csv
 import io
 import os
 import statistics
-import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
-import numpy as np
 import torch
 
 ALGOS = ("grpo", "oar-g", "oar-p")

@@ -347,7 +347,6 @@ class OARGStep:
                 cot[b] = c.to(z.dtype)
             return cot
         noises = {b: draw_noise(rows[b].num, dim, generator) for b in sorted(rows)}  # the oracle's order
-        layers = getattr(cache, "layers", None)
         if _reusable(cache):
             noisy = self._noisy_logits_reuse(rows, noises, cache.layers, B, device)
         else:  # pragma: no cover - caches without per-layer tensors

@@ -1,7 +1,7 @@
 """Rollouts with transformers' `generate`, on whatever device the model sits."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 

@@ -302,9 +302,10 @@ def trainer_argv(algo: str, seed: int, args, extra: List[str]) -> List[str]:
 
 def run_state(path: str, argv: List[str], max_steps: int) -> str:
     """'done', 'resume' or 'fresh' for a run directory and the trainer flags it should have run with."""
-    from oar_kernels.train import parse_args
+    from oar_kernels.train import TrainConfig, parse_args
 
     want = parse_args(argv).to_dict()
+    defaults = TrainConfig().to_dict()
     have = None
     try:
         import yaml
@@ -313,8 +314,12 @@ def run_state(path: str, argv: List[str], max_steps: int) -> str:
             have = yaml.safe_load(f)
     except (OSError, ImportError):
         return "fresh"
-    if not isinstance(have, dict) or any(have.get(k) != v for k, v in want.items() if k not in VOLATILE_KEYS):
+    if not isinstance(have, dict):
         return "fresh"
+    for k, v in want.items():
+        # a key the trainer gained after the run was made counts as equal when it has its default value
+        if k not in VOLATILE_KEYS and have.get(k, defaults.get(k)) != v:
+            return "fresh"
     summary = read_json(os.path.join(path, "summary.json")) or {}
     if summary.get("accuracy_after") is not None and not summary.get("interrupted") and is_finished(
             load_run(path), max_steps):

@@ -182,7 +182,7 @@ def _responses(segs):
     return [torch.cat([s.reasoning_ids, torch.randint(3, 500, (i % 4,), generator=g), torch.tensor([1])]) for i, s in enumerate(segs)]
 
 
-def _plain_logp(m, segs, resps):
+def _plain_logp(m, segs, resps, temperature=1.0):
     B = len(segs)
     P = [s.prompt_ids.numel() for s in segs]
     N = [r.numel() for r in resps]
@@ -190,7 +190,7 @@ def _plain_logp(m, segs, resps):
     ids = torch.zeros(B, T, dtype=torch.long)
     for b in range(B):
         ids[b, : P[b] + N[b]] = torch.cat([segs[b].prompt_ids, resps[b]])
-    lp = torch.log_softmax(m(input_ids=ids).logits, -1)
+    lp = torch.log_softmax(m(input_ids=ids).logits / temperature, -1)
     logp = torch.zeros(B, Nm, dtype=lp.dtype)
     mask = torch.zeros(B, Nm, dtype=torch.bool)
     for b in range(B):
@@ -365,3 +365,17 @@ def test_step_fused_head_matches_logits(segs):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="fused_head"):
         OARGStep(m, fused_head="yes")
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_step_temperature_scales_policy_logits_only(segs, fused):
+    """temperature divides the policy logits of logp (both head paths); the scores do not move."""
+    m = make_model("llama", dtype=torch.float32).train()
+    resps = _responses(segs)
+    a = OARGStep(m, mode="answer_joint", fused_head=fused)(segs, resps)
+    b = OARGStep(m, mode="answer_joint", fused_head=fused, temperature=0.7)(segs, resps)
+    torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=0)
+    logp, mask = _plain_logp(m, segs, resps, temperature=0.7)
+    torch.testing.assert_close(b.logp.detach()[mask], logp.detach()[mask], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="temperature"):
+        OARGStep(m, temperature=0.0)

@@ -71,7 +71,8 @@ from ._common import check_generator
 class OARGOutput:
     """What one OAR-G training step's forward yields.
 
-    logp:       [B, N] log-probs of the response tokens (graph attached; N = longest response)
+    logp:       [B, N] log-probs of the response tokens at the step's temperature (graph
+                attached; N = longest response)
     mask:       [B, N] bool, True at real response tokens
     scores:     [B, R_max] float32 OAR-G saliency of the reasoning tokens
     score_mask: [B, R_max] bool (rows not scored are all False)
@@ -133,6 +134,9 @@ class OARGStep:
             memory); differs from the oracle by a relative O(noise_std).
         fused_head: the policy log-probs through oar.fused_linear_logprob instead of logits
             (None: automatically, for plain linear heads with vocabularies >= 32768).
+        temperature: the policy log-probs (logp, the loss's) are taken of logits / temperature,
+            the sampling temperature, as a GRPO trainer does; P_final (the saliency) always
+            uses the model's own logits, as the oracles do.
     """
 
     def __init__(
@@ -148,6 +152,7 @@ class OARGStep:
         max_noisy_tokens: int = 16384,
         kl_grad: str = "exact",
         fused_head: Optional[bool] = None,
+        temperature: float = 1.0,
     ):
         check_mode(mode)
         check_choice("kl_grad", kl_grad, ("exact", "linearized"))
@@ -167,6 +172,10 @@ class OARGStep:
                                and not getattr(getattr(model, "config", None), "final_logit_softcapping", None)):
             raise ValueError("fused_head: True needs a plain nn.Linear LM head without final_logit_softcapping")
         self.fused_head = fused_head
+        check_number("temperature", temperature, lo=0.0)
+        if temperature == 0:
+            raise ValueError("temperature: expected > 0, got 0")
+        self.temperature = float(temperature)
 
     # ------------------------------------------------------------------------------------
     def __call__(self, segments: Sequence[Segments], response_ids, generator: Optional[torch.Generator] = None) -> OARGOutput:
@@ -238,10 +247,12 @@ class OARGStep:
 
             D = h_resp.shape[-1]
             logp = fused_linear_logprob(h_resp.reshape(B * N, D), head.weight, targets.reshape(-1),
-                                        bias=head.bias).view(B, N)
+                                        bias=head.bias, temperature=self.temperature).view(B, N)
         else:
             logits = apply_head(model, head, h_resp)
             logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+            if self.temperature != 1.0:
+                logits = logits / self.temperature
             logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, :, None]).squeeze(-1)  # [B, N]
             del logits
         mask = mask.to(device)

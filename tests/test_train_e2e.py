@@ -240,3 +240,21 @@ def test_fused_lm_head_choice(tiny_model, tmp_path):
     for a, b in zip(runs["off"], runs["on"]):
         for key in ("reward", "loss", "grad_norm", "weight_mean"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+
+
+def test_oarg_one_forward_step_matches_separate(tiny_model, tmp_path):
+    """oarg_step='one-forward' (OARGStep: the update's forward yields the saliency) trains like
+    the separate gradient_importance pass: same noise draw, same weights, loss and gradient."""
+    runs = {}
+    for mode in ("separate", "one-forward"):
+        out = tmp_path / mode
+        train(tiny_config(tiny_model, out, algo="oar-g", oarg_step=mode, save_every=0, temperature=0.9),
+              log=lambda *a: None)
+        runs[mode] = rows_of(out)
+    a, b = runs["separate"][0], runs["one-forward"][0]
+    assert a["oar_responses"] == b["oar_responses"] > 0
+    for key in ("reward", "loss", "grad_norm", "weight_mean", "weight_std", "weight_min", "weight_max",
+                "boosted_frac", "suppressed_frac", "clip_ratio"):
+        assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    with pytest.raises(ConfigError, match="oarg_step"):
+        from_dict(dict(oarg_step="fused"))

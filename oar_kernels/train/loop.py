@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .. import bilevel_reshape, build_segments, grpo_loss, group_advantages
+from ..segments import Segments
 from ..data import format_prompt, load_task
 from ..rewards import DEFAULT_REWARD, accuracy_reward, load_reward_fn
 from ..rollout import left_pad, right_pad
@@ -306,14 +307,9 @@ def full_parameters(model, cfg: TrainConfig, dist: Dist):
             u.reshard()
 
 
-def oar_weights(model, tokenizer, rows, adv, cfg, seed, stats):
-    """[len(rows), C] weights on response positions: Bi-Level weights on each response's
-    reasoning prefix, 1 elsewhere and for responses with no answer or zero advantage."""
-    C = max(max(len(r[1]) for r in rows), 1)
-    weights = torch.ones((len(rows), C), dtype=torch.float32)
-    reasoning = torch.zeros((len(rows), C), dtype=torch.bool)
-    if cfg.algo == "grpo":
-        return weights, reasoning
+def scored_segments(rows, adv, tokenizer, cfg):
+    """(indices, Segments) of the rows OAR scores: nonzero advantage, an extractable answer and
+    some reasoning. Every other row keeps weight 1 at every position."""
     picked, segs = [], []
     for i, (p, resp, text, _) in enumerate(rows):
         if float(adv[i]) == 0.0:
@@ -323,6 +319,30 @@ def oar_weights(model, tokenizer, rows, adv, cfg, seed, stats):
             continue  # no extractable answer: every position keeps weight 1
         picked.append(i)
         segs.append(seg)
+    return picked, segs
+
+
+def use_oarg_step(cfg: TrainConfig, dist: Dist) -> bool:
+    """OAR-G through importance.OARGStep (the update's own forward yields the saliency)?"""
+    if cfg.algo != "oar-g" or cfg.oarg_step == "separate":
+        return False
+    if dist.enabled:
+        if cfg.oarg_step == "one-forward":
+            raise ValueError("oarg_step: 'one-forward' runs in a single process (its forward bypasses the "
+                             "DDP / FSDP wrapper); use 'auto' or 'separate' under torchrun")
+        return False
+    return True
+
+
+def oar_weights(model, tokenizer, rows, adv, cfg, seed, stats):
+    """[len(rows), C] weights on response positions: Bi-Level weights on each response's
+    reasoning prefix, 1 elsewhere and for responses with no answer or zero advantage."""
+    C = max(max(len(r[1]) for r in rows), 1)
+    weights = torch.ones((len(rows), C), dtype=torch.float32)
+    reasoning = torch.zeros((len(rows), C), dtype=torch.bool)
+    if cfg.algo == "grpo":
+        return weights, reasoning
+    picked, segs = scored_segments(rows, adv, tokenizer, cfg)
     stats["oar_responses"] = float(len(picked))
     if not segs:
         return weights, reasoning
@@ -379,8 +399,16 @@ def train_step(step, model, wrapped, ref_model, opt, sched, tokenizer, task, rew
     stats: Dict[str, float] = {"oar_responses": 0.0}
     weights_parts, reasoning_parts = [], []
     per_chunk = gbs * G
-    with full_parameters(model, cfg, dist) if cfg.algo != "grpo" else _null():
-        for c, r0 in enumerate(range(0, len(rows), per_chunk)):
+    one_forward = use_oarg_step(cfg, dist)
+    if one_forward:  # the saliency comes with the update's forward (section 4); segments only here
+        picked, segs = scored_segments(rows, adv, tokenizer, cfg)
+        stats["oar_responses"] = float(len(picked))
+        empty = torch.zeros(0, dtype=torch.long)
+        row_segs = [Segments(torch.as_tensor(r[0], dtype=torch.long), empty, empty, empty) for r in rows]
+        for i, seg in zip(picked, segs):
+            row_segs[i] = seg
+    with full_parameters(model, cfg, dist) if cfg.algo != "grpo" and not one_forward else _null():
+        for c, r0 in enumerate(range(0, len(rows), per_chunk) if not one_forward else ()):
             stats_c: Dict[str, float] = {}
             noise_seed = derive_seed(cfg.seed, step, "noise", (dist.rank * P_local) // gbs + c)
             w, rm = oar_weights(model, tokenizer, rows[r0 : r0 + per_chunk], adv[r0 : r0 + per_chunk], cfg,
@@ -396,7 +424,7 @@ def train_step(step, model, wrapped, ref_model, opt, sched, tokenizer, task, rew
     C = c_ids.shape[1]
     weights = torch.ones((len(rows), C))
     reasoning = torch.zeros((len(rows), C), dtype=torch.bool)
-    for (w, rm), r0 in zip(zip(weights_parts, reasoning_parts), range(0, len(rows), per_chunk)):
+    for (w, rm), r0 in zip(zip(weights_parts, reasoning_parts), range(0, len(rows), per_chunk)):  # separate path
         weights[r0 : r0 + w.shape[0], : w.shape[1]] = w[:, :C]
         reasoning[r0 : r0 + w.shape[0], : w.shape[1]] = rm[:, :C]
     truncated = torch.tensor([r[3] for r in rows])
@@ -409,6 +437,13 @@ def train_step(step, model, wrapped, ref_model, opt, sched, tokenizer, task, rew
     model.train()
     opt.zero_grad(set_to_none=True)
     fused_head = fused_lm_head(model, cfg)
+    oarg = None
+    if one_forward:
+        from ..importance import OARGStep
+
+        oarg = OARGStep(model, mode=cfg.resolved_pfinal_mode(), noise_std=cfg.noise_std, score=cfg.saliency,
+                        tau=cfg.tau, beta=cfg.oar_beta, floor=cfg.floor, sum_to_len=cfg.sum_to_len,
+                        fused_head=fused_head is not None, temperature=cfg.temperature)
     loss_sum, clip_sum = 0.0, 0.0
     parts = [p for p in np.array_split(np.arange(len(rows)), cfg.gradient_accumulation_steps)]
     for k, idx in enumerate(parts):
@@ -421,20 +456,33 @@ def train_step(step, model, wrapped, ref_model, opt, sched, tokenizer, task, rew
                 loss.backward()
                 continue
             mb_ids, mb_att = ids[idx].to(device), att[idx].to(device)
-            logp = completion_logp(wrapped, mb_ids, mb_att, Lp, cfg.temperature, lm_head=fused_head)
+            if oarg is not None:
+                # one forward: log-probs of the update and OAR-G saliency -> weights (same noise
+                # convention as the separate path: one generator per chunk, scored rows in order)
+                gen = torch.Generator().manual_seed(derive_seed(cfg.seed, step, "noise", (dist.rank * P_local) // gbs + k))
+                out = oarg([row_segs[i] for i in idx.tolist()],
+                           [torch.as_tensor(rows[i][1], dtype=torch.long) for i in idx.tolist()], generator=gen)
+                logp, N = out.logp, out.logp.shape[1]
+                weights[idx, :N] = out.weights.detach().float().cpu()
+                for j, i in enumerate(idx.tolist()):
+                    reasoning[i, : row_segs[i].num_reasoning] = True
+                mb_weights, mb_mask = weights[idx, :N], loss_mask[idx, :N]
+            else:
+                logp = completion_logp(wrapped, mb_ids, mb_att, Lp, cfg.temperature, lm_head=fused_head)
+                mb_weights, mb_mask = weights[idx], loss_mask[idx]
             ref = None
             if cfg.beta > 0:
                 with torch.no_grad():
                     ref = completion_logp(ref_model, mb_ids, mb_att, Lp, cfg.temperature,
-                                          lm_head=fused_lm_head(ref_model, cfg))
-            loss, m = grpo_loss(logp, None, adv[idx].to(device), loss_mask[idx].to(device),
-                                weights=weights[idx].to(device), ref_logp=ref, epsilon=cfg.epsilon,
+                                          lm_head=fused_lm_head(ref_model, cfg))[:, : logp.shape[1]]
+            loss, m = grpo_loss(logp, None, adv[idx].to(device), mb_mask.to(device),
+                                weights=mb_weights.to(device), ref_logp=ref, epsilon=cfg.epsilon,
                                 epsilon_high=cfg.epsilon_high, beta=cfg.beta, loss_type=cfg.loss_type,
                                 max_completion_length=cfg.max_completion_length, num_sequences=n_seq,
                                 num_items_in_batch=n_items)
             (loss * dist.world).backward()  # DDP / FSDP average gradients over processes
         loss_sum += float(loss.detach())
-        clip_sum += float(m["clip_ratio"]) * float(loss_mask[idx].sum())
+        clip_sum += float(m["clip_ratio"]) * float(mb_mask.sum())
     if cfg.max_grad_norm > 0:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm))
     else:

@@ -24,10 +24,10 @@ step, then the median of --steps repeated steps (the same rollout every step; th
 between steps as in training). The full step = rollout + reward + importance + reshape + update.
 
 Extra rows: "oar-g 1fwd" is the one-forward training-step form (oar_kernels.importance.OARGStep:
-the GRPO forward also yields the OAR-G saliency, its backward is the update's); the trainer does
-not use it (it calls gradient_importance before a separate GRPO forward), so it is shown on its
-own, with importance fused into the update column. Note: OARGStep takes log-probs at
-temperature 1, the trainer at the sampling temperature (same cost). The OAR-P table compares
+the GRPO forward also yields the OAR-G saliency, its backward is the update's; the trainer's
+`--oarg_step one-forward`, and its choice under `auto` in a single process), shown with
+importance fused into the update column; "oar-g" is the separate gradient_importance pass
+before the update (`--oarg_step separate`, and the choice under torchrun). The OAR-P table compares
 perturbation_importance(prefix_reuse=True) with prefix_reuse=False and the naive oracle
 (oar_kernels.reference.perturbation_importance_naive, one forward per reasoning token;
 extrapolated from the first responses when it would take longer than --naive-budget seconds).
@@ -240,8 +240,11 @@ def _oarg_step_once(model, opt, sched, tokenizer, rows, adv, cfg, seed, k, devic
     from oar_kernels.importance import OARGStep
     from oar_kernels.train.loop import derive_seed
 
+    from oar_kernels.train.loop import fused_lm_head
+
     step = OARGStep(model, mode=cfg.resolved_pfinal_mode(), noise_std=cfg.noise_std, score=cfg.saliency,
-                    tau=cfg.tau, beta=cfg.oar_beta, floor=cfg.floor, sum_to_len=cfg.sum_to_len)
+                    tau=cfg.tau, beta=cfg.oar_beta, floor=cfg.floor, sum_to_len=cfg.sum_to_len,
+                    fused_head=fused_lm_head(model, cfg) is not None, temperature=cfg.temperature)
     responses = [torch.as_tensor(x[1], dtype=torch.long) for x in rows]
     t = _now(device)
     segs, picked = _segments_for_step(rows, adv, tokenizer, cfg)

@@ -78,6 +78,9 @@ def test_short_run_writes_every_output(tiny_model, tmp_path, algo):
     assert page.startswith("<!doctype html>") and "boosted" in page
     if algo != "grpo":
         assert "title='w=" in page and "rgba(0,160,60" in page
+        assert (out / "weights.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the same tokens as an image
+    else:
+        assert not (out / "weights.png").exists()
     assert os.path.isfile(out / "final" / "config.json")
 
 

@@ -31,7 +31,7 @@ from ..rollout import left_pad, right_pad
 from . import checkpoint as ckpt
 from .config import TrainConfig, dump_config, validate
 from .importance import importance_fns
-from .report import append_jsonl, plot_curves, read_jsonl, truncate_metrics, write_weights_html
+from .report import append_jsonl, plot_curves, plot_weights, read_jsonl, truncate_metrics, write_weights_html
 
 
 def derive_seed(*parts) -> int:
@@ -730,6 +730,10 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, step_hook: Optio
             summary["plots"] = plot_curves(rows, out, title=cfg.algo)
             shown = dict(x for x in (first_samples, last_samples) if x is not None)
             write_weights_html(shown, os.path.join(out, "weights.html"), title=f"OAR weights ({cfg.algo})")
+            if last_samples is not None and last_samples[1]:
+                plot_weights(last_samples[1], os.path.join(out, "weights.png"),
+                             title=f"OAR weights ({cfg.algo}, step {last_samples[0]})")
+                summary["plots"].append(os.path.join(out, "weights.png"))
             summary["wall_time"] = time.time() - t_start
             import json
 

@@ -87,6 +87,65 @@ def _colour(w: float, reasoning: bool, wmax: float) -> str:
     return f"background:rgba(220,40,40,{0.12 + 0.78 * a:.2f})"
 
 
+def plot_weights(samples: List[Dict[str, Any]], path: str, title: str = "OAR weights", width: int = 64,
+                 max_lines: int = 6) -> None:
+    """weights.png: the tokens of a few responses on a grid (monospace cells, wrapped at `width`
+    characters), each on the colour of its OAR weight as in weights.html: green boosted (w > 1),
+    red suppressed (w < 1), grey outside the reasoning (w = 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+
+    blocks = []  # per response: header, list of lines of (text, rgba)
+    for s in samples:
+        ws = [w for w, r in zip(s["weights"], s["reasoning"]) if r]
+        wmax = max(ws) if ws else 1.0
+        lines, cur, n = [], [], 0
+        for tok, w, r in zip(s["tokens"], s["weights"], s["reasoning"]):
+            text = tok.replace("\n", "\u21b5")
+            if n + len(text) > width and cur:
+                lines.append(cur)
+                cur, n = [], 0
+            if not r:
+                colour = (0.91, 0.91, 0.91, 1.0)
+            elif w >= 1.0:
+                a = min(1.0, (w - 1.0) / max(wmax - 1.0, 1e-6))
+                colour = to_rgba((0.0, 0.63, 0.24), 0.12 + 0.78 * a)
+            else:
+                colour = to_rgba((0.86, 0.16, 0.16), 0.12 + 0.78 * min(1.0, 1.0 - w))
+            cur.append((text, colour))
+            n += max(len(text), 1)
+        if cur:
+            lines.append(cur)
+        head = (f"reward {s['reward']:.2f}, advantage {s['advantage']:+.3f}, weights "
+                f"{min(ws or [1]):.2f}..{wmax:.2f} over {sum(s['reasoning'])} reasoning tokens")
+        blocks.append((head, lines[:max_lines]))
+    rows = sum(1 + len(lines) for _, lines in blocks) + 1
+    fig = plt.figure(figsize=(width * 0.13 + 0.4, 0.27 * rows + 0.5))
+    ax = fig.add_axes([0.01, 0.01, 0.98, 0.98])
+    ax.set_xlim(0, width), ax.set_ylim(rows, 0), ax.axis("off")
+    ax.text(0, 0.6, f"{title}: green boosted (w > 1), red suppressed (w < 1), grey not reasoning (w = 1)",
+            fontsize=8, va="center")
+    y = 1
+    for head, lines in blocks:
+        ax.text(0, y + 0.6, head, fontsize=7.5, color="#555", va="center")
+        y += 1
+        for line in lines:
+            x = 0
+            for text, colour in line:
+                w = max(len(text), 1)
+                ax.add_patch(plt.Rectangle((x, y + 0.1), w, 0.85, color=colour, linewidth=0))
+                ax.text(x + w / 2, y + 0.55, text, fontsize=8, family="monospace", ha="center", va="center")
+                x += w
+            y += 1
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def write_weights_html(samples: Dict[int, List[Dict[str, Any]]], path: str, title: str = "OAR weights") -> None:
     """One block per response: prompt, then its tokens coloured by weight (green: boosted,
     above 1; red: suppressed, below 1; grey: outside the reasoning, weight 1). Hover a token

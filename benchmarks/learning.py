@@ -78,8 +78,8 @@ def read_json(path: str) -> Optional[dict]:
 
 
 def load_run(path: str) -> Optional[dict]:
-    """{evals: {step: accuracy}, steps, s_per_step, s_importance, reward_first, reward_last, wall_s,
-    commit} of one run directory, or None when it has no metrics."""
+    """{evals: {step: accuracy}, steps, s_per_step and s_importance (medians over steps),
+    reward_first, reward_last, wall_s, commit} of one run directory, or None when it has no metrics."""
     rows = read_jsonl(os.path.join(path, "metrics.jsonl"))
     if not rows:
         return None
@@ -97,8 +97,9 @@ def load_run(path: str) -> Optional[dict]:
     wall = bench.get("wall_s", summary.get("wall_time"))
     return {
         "evals": evals, "steps": max((int(r["step"]) for r in train), default=0),
-        "s_per_step": statistics.fmean(times) if times else float("nan"),
-        "s_importance": statistics.fmean(imp) if imp else float("nan"),
+        # medians: robust to a step stalled by something outside the run (seen on shared machines)
+        "s_per_step": statistics.median(times) if times else float("nan"),
+        "s_importance": statistics.median(imp) if imp else float("nan"),
         "reward_first": statistics.fmean(rewards[:k]) if rewards else float("nan"),
         "reward_last": statistics.fmean(rewards[-k:]) if rewards else float("nan"),
         "wall_s": float(wall) if wall is not None else float("nan"),
@@ -227,7 +228,7 @@ def render_table(stats: Dict[str, dict], meta: dict) -> str:
             lines += [f"Sampling noise of one evaluation: binomial std sqrt(p(1-p)/n) = "
                       f"{math.sqrt(p * (1 - p) / n_eval):.3f} at p = {p:.3f}, n = {n_eval}.", ""]
     lines += ["| algo | seeds | accuracy before | after (mean ± std) | gain (mean ± std) | per-seed finals | "
-              "train reward first -> last fifth | s/step (importance) | wall time per run | total wall time |",
+              "train reward first -> last fifth | s/step (importance), median | wall time per run | total wall time |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for algo, st in stats.items():
         finals = ", ".join(f"s{s}: {v:.3f}" for s, v in st["finals"].items())

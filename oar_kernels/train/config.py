@@ -76,7 +76,7 @@ class TrainConfig:
     pfinal_mode: str = _f("auto", "P_final: 'auto' (answer_mean for oar-g, last for oar-p), last, answer_mean, "
                           "answer_joint", ("auto", "last", "answer_mean", "answer_joint"))
     noise_std: float = _f(1e-3, "OAR-G: std of the Gaussian noise on reasoning embeddings")
-    oarg_step: str = _f("separate", "OAR-G: 'one-forward' (importance.OARGStep: the update's own forward also yields "
+    oarg_step: str = _f("auto", "OAR-G: 'one-forward' (importance.OARGStep: the update's own forward also yields "
                         "the saliency; single process), 'separate' (gradient_importance before the update), 'auto' "
                         "(one-forward in a single process, separate under torchrun)", ("auto", "one-forward", "separate"))
     saliency: str = _f("grad_x_input", "OAR-G score: |<dJ/de, e>| or ||dJ/de||", ("grad_x_input", "grad_norm"))

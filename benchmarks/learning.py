@@ -46,6 +46,8 @@ OWN_FLAGS = ("--algo", "--seed", "--output_dir", "--max_steps", "--eval_every", 
              "--resume", "--no-resume", "--config")
 # keys of config.yaml that may differ between attempts of the same run
 VOLATILE_KEYS = ("resume", "progress")
+# keys that do not change a run of the listed algorithms
+UNUSED_BY = {"oarg_step": ("grpo", "oar-p")}
 
 
 # -- reading runs -----------------------------------------------------------------------------
@@ -303,10 +305,9 @@ def trainer_argv(algo: str, seed: int, args, extra: List[str]) -> List[str]:
 
 def run_state(path: str, argv: List[str], max_steps: int) -> str:
     """'done', 'resume' or 'fresh' for a run directory and the trainer flags it should have run with."""
-    from oar_kernels.train import TrainConfig, parse_args
+    from oar_kernels.train import parse_args
 
     want = parse_args(argv).to_dict()
-    defaults = TrainConfig().to_dict()
     have = None
     try:
         import yaml
@@ -318,8 +319,11 @@ def run_state(path: str, argv: List[str], max_steps: int) -> str:
     if not isinstance(have, dict):
         return "fresh"
     for k, v in want.items():
-        # a key the trainer gained after the run was made counts as equal when it has its default value
-        if k not in VOLATILE_KEYS and have.get(k, defaults.get(k)) != v:
+        # a key the trainer gained after the run was made is not compared: the run had the behaviour
+        # from before the option existed (pin such options with flags after `--` to keep runs comparable)
+        if k in VOLATILE_KEYS or k not in have or want["algo"] in UNUSED_BY.get(k, ()):
+            continue
+        if have[k] != v:
             return "fresh"
     summary = read_json(os.path.join(path, "summary.json")) or {}
     if summary.get("accuracy_after") is not None and not summary.get("interrupted") and is_finished(

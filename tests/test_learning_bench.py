@@ -102,3 +102,30 @@ def test_main_report_only_and_flag_checks(tmp_path, capsys):
     b = bench.trainer_argv("oar-p", 1, args, ["--learning_rate", "1e-4"])
     assert [x for x in a if x != "grpo" and "grpo" not in x] == [x for x in b if x != "oar-p" and "oar-p" not in x]
     assert a[-2:] == ["--learning_rate", "1e-4"] and "--num_threads" in a
+
+
+def test_run_state_reuse_resume_rerun(tmp_path):
+    """A finished run with the same trainer config is reused, one with a checkpoint is resumed, one
+    with another config is rerun; trainer keys newer than the run, or unused by its algo, are skipped."""
+    yaml = pytest.importorskip("yaml")
+    from oar_kernels.train import parse_args
+
+    bench = _load_bench()
+    args = bench.build_parser().parse_args(["--max_steps", str(STEPS), "--out", str(tmp_path)])
+    _write_run(tmp_path, bench, "grpo", 0)
+    path = bench.run_dir(str(tmp_path), "grpo", 0)
+    argv = bench.trainer_argv("grpo", 0, args, [])
+    assert bench.run_state(path, argv, STEPS) == "fresh"  # no config.yaml
+    cfg = parse_args(argv).to_dict()
+    cfg.pop("max_grad_norm")  # as if the trainer gained this option after the run
+    cfg["oarg_step"] = "something-else"  # an option a grpo run does not use
+    with open(os.path.join(path, "config.yaml"), "w") as f:
+        yaml.safe_dump(cfg, f)
+    with open(os.path.join(path, "summary.json"), "w") as f:
+        json.dump({"accuracy_after": FINALS["grpo"][0], "interrupted": False}, f)
+    assert bench.run_state(path, argv, STEPS) == "done"
+    assert bench.run_state(path, bench.trainer_argv("grpo", 0, args, ["--learning_rate", "1"]), STEPS) == "fresh"
+    os.remove(os.path.join(path, "summary.json"))
+    os.makedirs(os.path.join(path, "checkpoints"))
+    open(os.path.join(path, "checkpoints", "step-0000005.pt"), "w").close()
+    assert bench.run_state(path, argv, STEPS) == "resume"

@@ -178,3 +178,37 @@ def test_build_failure_warns_and_falls_back(tmp_path, monkeypatch):
     with pytest.warns(RuntimeWarning, match="falling back"):
         assert _build.load("bilevel") is None
     assert not list((tmp_path / "native").glob("*.so"))  # no half-written library left behind
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_threaded_path_works_in_a_forked_child():
+    """The row-thread pool is made again in a forked child (a child inherits no threads)."""
+    scores, mask = _batch(64, 1024, seed=6)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        want = native.bilevel_reshape_native(scores, mask, 0.25, 1.0, 0.1, True)  # the pool exists now
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: compute, report, exit without running pytest's teardown
+            try:
+                got = native.bilevel_reshape_native(scores, mask, 0.25, 1.0, 0.1, True)
+                os.write(w, b"1" if torch.equal(got, want) else b"0")
+            finally:
+                os._exit(0)
+        os.close(w)
+        import time
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:  # a child stuck on a pool without threads: fail, do not hang the suite
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung in the threaded path")
+        assert os.read(r, 1) == b"1" and status == 0
+    finally:
+        torch.set_num_threads(before)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
@@ -12,6 +13,7 @@ from ._build import load
 _PARALLEL_MIN_ELEMENTS = 1 << 16  # below this, thread hand-off costs more than it saves
 _pool: Optional[ThreadPoolExecutor] = None
 _pool_size = 0
+_pool_pid = 0
 
 
 def _lib():
@@ -35,12 +37,14 @@ def _threads(n_tasks: int) -> int:
 
 
 def _executor(size: int) -> ThreadPoolExecutor:
-    global _pool, _pool_size
-    if _pool is None or _pool_size != size:
-        if _pool is not None:
+    """A pool of `size` threads, made again after a fork (a forked child inherits the pool
+    object but none of its threads, and would wait forever on it)."""
+    global _pool, _pool_size, _pool_pid
+    if _pool is None or _pool_size != size or _pool_pid != os.getpid():
+        if _pool is not None and _pool_pid == os.getpid():
             _pool.shutdown(wait=False)
         _pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="oar-native")
-        _pool_size = size
+        _pool_size, _pool_pid = size, os.getpid()
     return _pool
 
 

@@ -40,6 +40,8 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
+from oar_kernels.train.report import read_jsonl  # a line cut short by a kill ends the file
+
 ALGOS = ("grpo", "oar-g", "oar-p")
 COLORS = {"grpo": "tab:gray", "oar-g": "tab:blue", "oar-p": "tab:orange"}
 OWN_FLAGS = ("--algo", "--seed", "--output_dir", "--max_steps", "--eval_every", "--eval_size", "--num_threads",
@@ -54,21 +56,6 @@ UNUSED_BY = {"oarg_step": ("grpo", "oar-p")}
 
 def run_dir(out: str, algo: str, seed: int) -> str:
     return os.path.join(out, f"{algo}-seed{seed}")
-
-
-def read_jsonl(path: str) -> List[dict]:
-    rows = []
-    if not os.path.isfile(path):
-        return rows
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:  # a line cut by a kill
-                    pass
-    return rows
 
 
 def read_json(path: str) -> Optional[dict]:

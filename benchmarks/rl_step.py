@@ -212,19 +212,12 @@ def synthetic_model(name: str, device, dtype=torch.float32):
     """(model, tokenizer, label): a Qwen2 model of a named shape with random weights, and the
     project's character tokenizer padded with placeholder tokens to the model's vocabulary (so
     any sampled id decodes). Nothing is downloaded."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from oar_kernels.models.tokenizer import BOS, CHARS, EOS, PAD, UNK
+    from oar_kernels.models.tokenizer import build_char_tokenizer
 
     shape = SYNTHETIC_MODELS[name]
-    base = [PAD, EOS, BOS, UNK] + CHARS
-    vocab = {w: i for i, w in enumerate(base + [f"<x{i}>" for i in range(shape["vocab_size"] - len(base))])}
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    tk.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tk.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token=PAD, eos_token=EOS, bos_token=BOS, unk_token=UNK,
-                                  padding_side="left", clean_up_tokenization_spaces=False)
+    tok = build_char_tokenizer(vocab_size=shape["vocab_size"])
     cfg = Qwen2Config(**shape, max_position_embeddings=4096, tie_word_embeddings=True, pad_token_id=0,
                       eos_token_id=1, bos_token_id=2)
     torch.manual_seed(0)

@@ -9,11 +9,16 @@ PAD, EOS, BOS, UNK = "<pad>", "<eos>", "<bos>", "<unk>"
 CHARS = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
 
 
-def build_char_tokenizer():
+def build_char_tokenizer(vocab_size: int = 0):
+    """The character tokenizer; with vocab_size > its own size, padded with placeholder
+    tokens "<xN>" up to vocab_size (never produced by encoding; any id of a model with that
+    vocabulary decodes), e.g. for a randomly initialised model of a real model's shape."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate([PAD, EOS, BOS, UNK] + CHARS)}
+    words = [PAD, EOS, BOS, UNK] + CHARS
+    words += [f"<x{i}>" for i in range(max(0, vocab_size - len(words)))]
+    vocab = {tok: i for i, tok in enumerate(words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()

@@ -15,20 +15,10 @@ TIME_KEYS = {"time_rollout", "time_importance", "time_step"}
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    """A 2-layer, width-32 character LM warm-started for a few seconds: it already writes
-    "... The answer is N." often enough for OAR to have answers to score."""
-    from oar_kernels.data import load_task
-    from oar_kernels.models import WarmStartRecipe, build_char_tokenizer, build_model, warm_start
+    """A warm-started tiny character policy (tests/tiny_models.py::save_warm_tiny_policy)."""
+    from tiny_models import save_warm_tiny_policy
 
-    path = str(tmp_path_factory.mktemp("tiny-policy"))
-    recipe = WarmStartRecipe(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, steps=60,
-                             batch_size=16, learning_rate=1e-2)
-    tok = build_char_tokenizer()
-    model = build_model(recipe, len(tok), tok.pad_token_id, tok.eos_token_id, tok.bos_token_id)
-    warm_start(model, tok, load_task("arithmetic:2-2"), recipe, "{question}\n", progress=False)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return save_warm_tiny_policy(str(tmp_path_factory.mktemp("tiny-policy")))
 
 
 def tiny_config(model, out, **over):

@@ -195,3 +195,20 @@ def make_segments(
             text = tokenizer.decode(answer)
         out.append(Segments(prompt, reasoning, conclude, answer, answer_text=text))
     return out
+
+
+def save_warm_tiny_policy(path: str) -> str:
+    """A 2-layer, width-32 character LM warm-started for a few seconds, saved (with its
+    tokenizer) to `path`: it already writes "... The answer is N." often enough for OAR to
+    have answers to score. Used by the trainer's end-to-end and multi-process tests."""
+    from oar_kernels.data import load_task
+    from oar_kernels.models import WarmStartRecipe, build_char_tokenizer, build_model, warm_start
+
+    recipe = WarmStartRecipe(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, steps=60,
+                             batch_size=16, learning_rate=1e-2)
+    tok = build_char_tokenizer()
+    model = build_model(recipe, len(tok), tok.pad_token_id, tok.eos_token_id, tok.bos_token_id)
+    warm_start(model, tok, load_task("arithmetic:2-2"), recipe, "{question}\n", progress=False)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -273,6 +273,36 @@ def test_step_sdpa_and_bf16(segs):
     assert all(torch.isfinite(p.grad).all() for p in m16.parameters() if p.grad is not None)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_step_reads_shared_continuation_without_branch(mode, tok):
+    # an empty conclude text and responses that go on with the answer (the built-in task's
+    # shape): the teacher comes from the policy row itself, no branch forward is run, and the
+    # scores and gradients stay the oracle's / the separate GRPO step's
+    base = make_segments(tok, 4, seed=5, max_reasoning=7)
+    empty = torch.zeros(0, dtype=torch.long)
+    segs = [Segments(s.prompt_ids, s.reasoning_ids, empty, s.answer_ids) for s in base]
+    resps = [torch.cat([s.reasoning_ids, s.answer_ids, torch.tensor([1])]) for s in segs]
+    segs.append(base[0])  # one row with a conclude text: that row alone needs the branch
+    resps.append(torch.cat([base[0].reasoning_ids, torch.tensor([1])]))
+    m = make_model("llama", dtype=torch.float64).train()
+    calls = []
+    hook = m.model.register_forward_pre_hook(lambda mod, args, kw: calls.append(kw.get("past_key_values") is not None
+                                                                                and kw.get("input_ids") is not None),
+                                             with_kwargs=True)
+    try:
+        for rows, want_branch in ((slice(0, 4), False), (slice(0, 5), True)):
+            calls.clear()
+            torch.manual_seed(0)
+            out = OARGStep(m, mode=mode, noise_std=1e-2)(segs[rows], resps[rows])
+            assert any(calls) == want_branch  # the branch is the only call fed input_ids on a cache
+            torch.manual_seed(0)
+            want, wmask = gradient_importance_naive(m, segs[rows], mode, noise_std=0.0 if mode == "answer_joint" else 1e-2)
+            assert torch.equal(out.score_mask, wmask) and wmask[:4].any()
+            assert_close(out.scores, want)
+    finally:
+        hook.remove()
+
+
 def test_step_functional_and_empty_rows(tok):
     segs = make_segments(tok, 3, seed=2, max_reasoning=6)
     empty = Segments(segs[0].prompt_ids, [], segs[0].conclude_ids, segs[0].answer_ids)

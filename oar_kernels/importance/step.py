@@ -263,7 +263,7 @@ class OARGStep:
         weights = torch.ones(B, N, dtype=torch.float32, device=device)
         if rows:
             with torch.set_grad_enabled(not exact and torch.is_grad_enabled()):
-                z_sel = self._branch(rows, cache, hidden, T, device)  # {b: [k_b, V]}
+                z_sel = self._branch(rows, cache, hidden, T, device, responses)  # {b: [k_b, V]}
             if exact:
                 if not _reusable(cache):  # pragma: no cover - a cache without per-layer tensors
                     raise RuntimeError("kl_grad='exact' needs transformers' layered cache; use kl_grad='linearized'")
@@ -294,13 +294,20 @@ class OARGStep:
         return isinstance(head, torch.nn.Linear) and not cap and head.out_features >= self.FUSED_MIN_VOCAB
 
     # ------------------------------------------------------------------------------------
-    def _branch(self, rows: Dict[int, object], cache, hidden, T, device) -> Dict[int, torch.Tensor]:
+    def _branch(self, rows: Dict[int, object], cache, hidden, T, device, responses) -> Dict[int, torch.Tensor]:
         """Conclude/answer continuation of the policy forward; logits at P_final's positions."""
         model, body, head = self.model, self.body, self.head
         B = hidden.shape[0]
         # Branch of row b: scoring positions P + R .. Le - 1 (may be empty when P_final reads a
-        # reasoning position, e.g. an empty conclude in mode "last").
-        br = {b: r.ids[r.start + r.num :] for b, r in rows.items()}
+        # reasoning position, e.g. an empty conclude in mode "last"). Where the response itself
+        # goes on with exactly those tokens (an empty conclude text and the answer written right
+        # after the reasoning, as in the built-in task), causal attention makes the policy row's
+        # hidden states at those positions the branch's: no branch forward for that row.
+        br = {}
+        for b, r in rows.items():
+            t = r.ids[r.start + r.num :]
+            cont = responses[b][r.num : r.num + t.numel()]
+            br[b] = t[:0] if torch.equal(cont, t) else t
         Q = max(1, max(t.numel() for t in br.values()))
         b_ids = torch.zeros((B, Q), dtype=torch.long)
         b_pos = torch.zeros((B, Q), dtype=torch.long)
@@ -334,12 +341,12 @@ class OARGStep:
             h_branch = None
         z = {}
         for b, r in rows.items():
-            split = r.start + r.num
+            split = r.start + r.num if br[b].numel() else r.length  # no branch: all policy positions
             parts = []
             for pos in r.need.tolist():
                 if pos >= split:
                     parts.append(h_branch[b, pos - split])
-                else:  # a reasoning position: the policy row's own hidden state
+                else:  # a position of the policy row itself (reasoning, or a continuation it shares)
                     parts.append(hidden[b, pos])
             z[b] = apply_head(model, head, torch.stack(parts))
         return z

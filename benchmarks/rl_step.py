@@ -155,7 +155,7 @@ def _segments_for_step(rows, adv, tokenizer, cfg):
     for i, (p, resp, text, _) in enumerate(rows):
         seg = None
         if float(adv[i]) != 0.0:
-            seg = build_segments(p, resp, tokenizer, conclude_text=cfg.conclude_text, response_text=text)
+            seg = build_segments(p, resp, tokenizer, conclude_text=cfg.resolved_conclude_text(), response_text=text)
             if seg.answer_text is None or seg.num_reasoning == 0:
                 seg = None
         if seg is None:

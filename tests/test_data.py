@@ -25,6 +25,30 @@ def test_arithmetic_problems_are_correct_and_end_with_an_answer_line():
         assert 2 <= terms <= 3 and ex.solution.count("=") == terms - 1
 
 
+def test_shortcut_solutions_stop_after_the_first_step():
+    import random
+
+    task, rng = ArithmeticTask(shortcut_frac=0.5), random.Random(9)
+    n_short = n_multi = 0
+    for _ in range(400):
+        ex = task.sample(rng)
+        assert ex.answer == str(_value(ex.question))  # the answer stays the true result
+        if len(re.findall(r"\d+", ex.question)) == 2:  # one step: nothing to cut short
+            assert ex.solution.count("=") == 1 and ex.solution.endswith(f"The answer is {ex.answer}.")
+            continue
+        n_multi += 1
+        first = ex.solution.split("\n")[0]
+        if ex.solution.count("=") == 1:  # a shortcut states the first step's result: always wrong
+            n_short += 1
+            assert ex.solution == f"{first}\nThe answer is {first.rsplit(' = ', 1)[1]}."
+            assert accuracy_reward([""], [ex.solution], [ex.answer]) == [0.0]
+        else:
+            assert ex.solution.endswith(f"The answer is {ex.answer}.")
+    assert 0.4 < n_short / n_multi < 0.6
+    # the RL task and the held-out split (shortcut_frac 0) are what they were
+    assert ArithmeticTask(shortcut_frac=0.0) == ArithmeticTask() == load_task("arithmetic")
+
+
 def test_seeded_and_position_addressable():
     task = ArithmeticTask()
     a = [task.train_example(3, i) for i in range(20)]
@@ -112,3 +136,27 @@ def test_hf_datasets_loader_on_local_files(tmp_path):
     assert skipped == 0 and [e.answer for e in examples] == [str(i) for i in range(5)]
     task = load_hf_task(str(tmp_path), split="train", eval_split=None, eval_size=1)
     assert len(task.train) == 4 and len(task.eval) == 1
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_warm_start_takes_the_shortcut_share_from_its_recipe(share, monkeypatch):
+    from oar_kernels.models import policy
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def first_batch(tokenizer, examples, template):
+        seen.extend(examples)
+        raise Stop
+
+    monkeypatch.setattr(policy, "sft_batch", first_batch)
+    recipe = policy.WarmStartRecipe(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, batch_size=64,
+                                    shortcut_frac=share)
+    tok = policy.build_char_tokenizer()
+    model = policy.build_model(recipe, len(tok), tok.pad_token_id, tok.eos_token_id, tok.bos_token_id)
+    with pytest.raises(Stop):
+        policy.warm_start(model, tok, load_task("arithmetic:3-3"), recipe, "{question}\n", progress=False)
+    assert len(seen) == 64
+    assert all((ex.solution.count("=") == 1) == (share == 1.0) for ex in seen)

@@ -135,6 +135,25 @@ def test_config_file_then_flags(tmp_path):
     assert TrainConfig().algo == "oar-g" and TrainConfig().resolved_pfinal_mode() == "answer_mean"
 
 
+def test_conclude_text_auto_follows_the_data():
+    from oar_kernels.segments import DEFAULT_CONCLUDE_TEXT
+
+    # built-in task: its own "The answer is ", so the scoring sequence is the response itself
+    assert TrainConfig().resolved_conclude_text() == "The answer is "
+    assert TrainConfig(dataset="arithmetic:3-3").resolved_conclude_text() == "The answer is "
+    assert TrainConfig(dataset="gsm8k").resolved_conclude_text() == DEFAULT_CONCLUDE_TEXT
+    assert TrainConfig(dataset="data.jsonl").resolved_conclude_text() == DEFAULT_CONCLUDE_TEXT
+    from oar_kernels import build_segments
+    from oar_kernels.models import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    response = tok.encode("3 + 17 = 20\n20 - 6 = 14\nThe answer is 14.", add_special_tokens=False) + [tok.eos_token_id]
+    seg = build_segments([5, 6], response, tok, conclude_text=TrainConfig().resolved_conclude_text())
+    assert seg.sequence(True).tolist() == [5, 6] + response[: len(response) - 2]  # the response up to its answer
+    assert parse_args(["--conclude_text", ""]).resolved_conclude_text() == ""
+    assert parse_args(["--dataset", "gsm8k", "--conclude_text", " Answer: "]).resolved_conclude_text() == " Answer: "
+
+
 def test_help_documents_every_field(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
@@ -246,8 +265,13 @@ def test_oarg_one_forward_step_matches_separate(tiny_model, tmp_path):
         runs[mode] = rows_of(out)
     a, b = runs["separate"][0], runs["one-forward"][0]
     assert a["oar_responses"] == b["oar_responses"] > 0
-    for key in ("reward", "loss", "grad_norm", "weight_mean", "weight_std", "weight_min", "weight_max",
-                "boosted_frac", "suppressed_frac", "clip_ratio"):
-        assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    # float32: the one-forward step reads the clean teacher from the update's own forward (the
+    # built-in task's conclude text is the response's), the separate pass from its own; the KL
+    # mode's signal (q - p at noise 1e-3) amplifies that rounding difference, hence 1e-3 on the
+    # weight statistics (in float64 the two agree to 1e-4 of the largest score: test_importance_fast)
+    for key, rel in (("reward", 1e-4), ("loss", 1e-4), ("grad_norm", 1e-4), ("clip_ratio", 1e-4),
+                     ("weight_mean", 1e-3), ("weight_std", 1e-3), ("weight_min", 1e-3), ("weight_max", 1e-3),
+                     ("boosted_frac", 1e-3), ("suppressed_frac", 1e-3)):
+        assert a[key] == pytest.approx(b[key], rel=rel, abs=1e-6), key
     with pytest.raises(ConfigError, match="oarg_step"):
         from_dict(dict(oarg_step="fused"))

@@ -16,6 +16,9 @@ from typing import Iterator, List, Optional
 from .base import Example
 
 HELD_OUT_BUCKETS = 10  # 1 question in HELD_OUT_BUCKETS is held out
+# Every solution ends "The answer is N.": asking for the answer this way after the reasoning
+# makes OAR's scoring sequence (prompt + reasoning + conclude + answer) the response itself.
+CONCLUDE_TEXT = "The answer is "
 
 
 def is_held_out(question: str) -> bool:
@@ -27,6 +30,12 @@ class ArithmeticTask:
     """Multi-step + / - problems: a first operand in [lo, hi], then operands in [op_lo, op_hi]
     (default: [lo, hi] too), min_terms..max_terms operands in all; every intermediate result
     stays in [0, max_result].
+
+    shortcut_frac: share of the worked solutions of multi-step problems that stop after the
+    first step and give its result as the answer (wrong); the default policy's warm start uses
+    0.5 so that the policy starts with a habit RL can remove. `answer` stays the true result
+    (a shortcut's is always wrong: every operand is >= 1). The RL task and the held-out split
+    use 0.
     """
 
     lo: int = 1
@@ -36,6 +45,7 @@ class ArithmeticTask:
     max_result: int = 99
     op_lo: Optional[int] = None
     op_hi: Optional[int] = None
+    shortcut_frac: float = 0.0
 
     def sample(self, rng: random.Random) -> Example:
         while True:
@@ -57,7 +67,12 @@ class ArithmeticTask:
                 value = new
             if ok:
                 break
-        solution = "\n".join(steps) + f"\nThe answer is {value}."
+        if len(steps) > 1 and self.shortcut_frac > 0 and rng.random() < self.shortcut_frac:
+            # a shortcut solution: stops after the first step and reports its (wrong) result
+            first = steps[0].rsplit(" = ", 1)[1]
+            solution = f"{steps[0]}\n{CONCLUDE_TEXT}{first}."
+        else:
+            solution = "\n".join(steps) + f"\n{CONCLUDE_TEXT}{value}."
         return Example(question=f"What is {question}?", answer=str(value), solution=solution)
 
     def _stream(self, seed: int, held_out: bool) -> Iterator[Example]:

@@ -1,9 +1,17 @@
 """The default policy: a small Llama-architecture causal LM over a character vocabulary,
 warm-started in process on worked solutions of the arithmetic task, cached as a normal
 transformers folder (save_pretrained) so later runs load it at once.
+
+Half of the warm-start solutions of multi-step problems are shortcuts: they stop after the
+first step and report its result ("17 + 8 = 25\nThe answer is 25."). The policy therefore
+starts with a habit that a correctness reward punishes and that one early token decides (go
+on with the next step, or answer now), while it does the steps themselves well: the
+default RL run has something to learn that shows on held-out problems within a few dozen
+steps, and OAR something to find (docs/training.md).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -39,13 +47,14 @@ class WarmStartRecipe:
     num_heads: int = 4
     intermediate_size: int = 256
     max_positions: int = 256
-    steps: int = 1000
+    steps: int = 4000
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 30
     seed: int = 0
     task: str = "arithmetic"
-    version: int = 1
+    shortcut_frac: float = 0.5  # share of multi-step solutions that stop after the first step
+    version: int = 2
 
     def key(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True).encode()
@@ -86,6 +95,10 @@ def warm_start(model, tokenizer, task, recipe: WarmStartRecipe, prompt_template:
     """Supervised training on worked solutions; deterministic under recipe.seed."""
     from tqdm.auto import tqdm
 
+    from ..data.arithmetic import ArithmeticTask
+
+    if isinstance(task, ArithmeticTask) and recipe.shortcut_frac:
+        task = dataclasses.replace(task, shortcut_frac=recipe.shortcut_frac)
     torch.manual_seed(recipe.seed)
     rng = random.Random(f"warm:{recipe.seed}")
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.01, betas=(0.9, 0.98))

@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
+from ..data.arithmetic import CONCLUDE_TEXT as ARITHMETIC_CONCLUDE_TEXT
 from ..segments import DEFAULT_CONCLUDE_TEXT
 
 
@@ -42,7 +43,7 @@ class TrainConfig:
     num_threads: int = _f(0, "CPU threads for torch; 0: auto (the cores not already busy, per the load average, "
                           "at least 1: oversubscribed OpenMP threads slow small models down many times)")
     # batch and schedule
-    max_steps: int = _f(100, "optimizer steps")
+    max_steps: int = _f(50, "optimizer steps")
     prompts_per_step: int = _f(16, "prompts per optimizer step, over all processes (each gets num_generations responses)")
     num_generations: int = _f(8, "responses sampled per prompt (the GRPO group size), >= 2")
     gradient_accumulation_steps: int = _f(1, "micro-batches each process splits its step's responses into (exact: "
@@ -80,7 +81,9 @@ class TrainConfig:
                         "the saliency; single process), 'separate' (gradient_importance before the update), 'auto' "
                         "(one-forward in a single process, separate under torchrun)", ("auto", "one-forward", "separate"))
     saliency: str = _f("grad_x_input", "OAR-G score: |<dJ/de, e>| or ||dJ/de||", ("grad_x_input", "grad_norm"))
-    conclude_text: str = _f(DEFAULT_CONCLUDE_TEXT, "text appended after the reasoning to ask for the final answer")
+    conclude_text: str = _f("auto", "text appended after the reasoning to ask for the final answer; 'auto': the "
+                            "built-in task's own 'The answer is ' (its responses end in 'The answer is N.', so "
+                            f"the scoring sequence is the response itself), else {DEFAULT_CONCLUDE_TEXT!r}")
     perturb_token: Optional[int] = _f(None, "OAR-P: token id that replaces each reasoning token (default: pad, else EOS)")
     max_batch_tokens: int = _f(8192, "OAR-P: tokens per scoring forward")
     # evaluation, logging, checkpoints
@@ -100,6 +103,11 @@ class TrainConfig:
         if self.pfinal_mode != "auto":
             return self.pfinal_mode
         return "last" if self.algo == "oar-p" else "answer_mean"
+
+    def resolved_conclude_text(self) -> str:
+        if self.conclude_text != "auto":
+            return self.conclude_text
+        return ARITHMETIC_CONCLUDE_TEXT if self.dataset.split(":", 1)[0] == "arithmetic" else DEFAULT_CONCLUDE_TEXT
 
     def resolved_output_dir(self) -> str:
         return self.output_dir or os.path.join("runs", f"{self.algo}-seed{self.seed}")

@@ -314,7 +314,7 @@ def scored_segments(rows, adv, tokenizer, cfg):
     for i, (p, resp, text, _) in enumerate(rows):
         if float(adv[i]) == 0.0:
             continue
-        seg = build_segments(p, resp, tokenizer, conclude_text=cfg.conclude_text, response_text=text)
+        seg = build_segments(p, resp, tokenizer, conclude_text=cfg.resolved_conclude_text(), response_text=text)
         if seg.answer_text is None or seg.num_reasoning == 0:
             continue  # no extractable answer: every position keeps weight 1
         picked.append(i)

@@ -282,6 +282,8 @@ def test_step_reads_shared_continuation_without_branch(mode, tok):
     empty = torch.zeros(0, dtype=torch.long)
     segs = [Segments(s.prompt_ids, s.reasoning_ids, empty, s.answer_ids) for s in base]
     resps = [torch.cat([s.reasoning_ids, s.answer_ids, torch.tensor([1])]) for s in segs]
+    segs.insert(1, Segments(base[1].prompt_ids, [], empty, base[1].answer_ids))  # not scored: left out
+    resps.insert(1, torch.cat([base[1].answer_ids, torch.tensor([1])]))         # of the noisy batch
     segs.append(base[0])  # one row with a conclude text: that row alone needs the branch
     resps.append(torch.cat([base[0].reasoning_ids, torch.tensor([1])]))
     m = make_model("llama", dtype=torch.float64).train()
@@ -290,14 +292,14 @@ def test_step_reads_shared_continuation_without_branch(mode, tok):
                                                                                 and kw.get("input_ids") is not None),
                                              with_kwargs=True)
     try:
-        for rows, want_branch in ((slice(0, 4), False), (slice(0, 5), True)):
+        for rows, want_branch in ((slice(0, 5), False), (slice(0, 6), True)):
             calls.clear()
             torch.manual_seed(0)
             out = OARGStep(m, mode=mode, noise_std=1e-2)(segs[rows], resps[rows])
             assert any(calls) == want_branch  # the branch is the only call fed input_ids on a cache
             torch.manual_seed(0)
             want, wmask = gradient_importance_naive(m, segs[rows], mode, noise_std=0.0 if mode == "answer_joint" else 1e-2)
-            assert torch.equal(out.score_mask, wmask) and wmask[:4].any()
+            assert torch.equal(out.score_mask, wmask) and wmask[0].any() and not wmask[1].any()
             assert_close(out.scores, want)
     finally:
         hook.remove()

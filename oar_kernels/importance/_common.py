@@ -200,3 +200,52 @@ def gradient_objective(clean: torch.Tensor, noisy: torch.Tensor, mode: str) -> t
         return clean - noisy
     p, q = clean.exp(), noisy.exp()
     return (p * (torch.log(p + LOG_EPS) - torch.log(q + LOG_EPS))).sum(dim=-1)
+
+
+# ------------------------------------------------------------------------------------------
+# P_final of many rows at once
+# ------------------------------------------------------------------------------------------
+
+
+class PFinalLayout:
+    """The positions P_final reads for a list of rows, flattened, and the rows grouped by how
+    many positions they read (rows with equal counts are evaluated as one batch).
+
+    The logits of all rows are one [K, V] tensor (row i at flat[starts[i] : starts[i] + k_i]),
+    taken with one gather from the hidden states and one LM-head call: per-row indexing of a
+    graph-attached [B, L, D] tensor would make every row's backward allocate and fill a full
+    [B, L, D] gradient.
+    """
+
+    def __init__(self, rows: Sequence[Row]):
+        ks = [int(r.need.numel()) for r in rows]
+        self.starts = [0]
+        for k in ks:
+            self.starts.append(self.starts[-1] + k)
+        by_k = {}
+        for i, k in enumerate(ks):
+            by_k.setdefault(k, []).append(i)
+        self.groups = []  # (members, index [G, k] into the flat logits, answers [G, k] or None)
+        for k, members in by_k.items():
+            idx = torch.tensor([[self.starts[i] + j for j in range(k)] for i in members], dtype=torch.long)
+            with_answer = all(rows[i].answer is not None for i in members)
+            answers = torch.stack([rows[i].answer for i in members]) if with_answer else None
+            self.groups.append((members, idx, answers))
+
+    @property
+    def size(self) -> int:
+        return self.starts[-1]
+
+    def logits(self, model, head, hidden: torch.Tensor, batch_index, positions) -> torch.Tensor:
+        """[K, V] logits at hidden[batch_index[j], positions[j]] (flat order), one head call."""
+        dev = hidden.device
+        return apply_head(model, head, hidden[torch.as_tensor(batch_index).to(dev), torch.as_tensor(positions).to(dev)])
+
+    def outcomes(self, z: torch.Tensor, mode: str) -> List[torch.Tensor]:
+        """Per group, log P_final [G, V] or phi [G] from the flat logits z [K, V]."""
+        return [outcome(z[idx.to(z.device)], mode, answers) for _, idx, answers in self.groups]
+
+    def objective(self, clean_z: torch.Tensor, noisy_z: torch.Tensor, mode: str) -> torch.Tensor:
+        """OAR-G's J summed over the rows: teacher from clean_z (used detached), student noisy_z."""
+        clean, noisy = self.outcomes(clean_z.detach(), mode), self.outcomes(noisy_z, mode)
+        return sum(gradient_objective(c, n, mode).sum() for c, n in zip(clean, noisy))

@@ -12,11 +12,11 @@ after the last position P_final reads. Per group:
    with torch.autograd.grad(J, [x]) only: the probe's backward forms |<dJ/de_t, e_t>| (clean
    e_t) and ||dJ/de_t|| per token, no parameter gradient is computed or touched.
 
-The LM head is applied only at the positions P_final reads, in both forwards.
+The LM head is applied only at the positions P_final reads, in both forwards, all rows in one call.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -24,8 +24,7 @@ from .._checks import check_number
 from ..segments import Segments
 from ._common import (
     EvalMode,
-    Row,
-    apply_head,
+    PFinalLayout,
     check_generator,
     check_lengths,
     check_max_batch_tokens,
@@ -35,24 +34,13 @@ from ._common import (
     decoder_and_head,
     draw_noise,
     empty_output,
-    gradient_objective,
     group_rows,
     hidden_of,
     input_embeddings,
     is_scored,
     make_row,
-    outcome,
 )
 from ._saliency import Saliency
-
-
-def p_final_at(model, head, hidden: torch.Tensor, group: List[Row], mode: str) -> List[torch.Tensor]:
-    """P_final of each row of a group from the final hidden states [g, L, D] (head at need only)."""
-    out = []
-    for i, r in enumerate(group):
-        z = apply_head(model, head, hidden[i, r.need.to(hidden.device)])  # [k, V]
-        out.append(outcome(z, mode, r.answer))
-    return out
 
 
 def gradient_importance(
@@ -105,21 +93,21 @@ def gradient_importance(
             for i, r in enumerate(group):
                 ids[i, : r.length] = r.ids
             ids = ids.to(device)
+            layout = PFinalLayout(group)
+            at = ([i for i, r in enumerate(group) for _ in range(r.need.numel())], torch.cat([r.need for r in group]))
             with torch.no_grad():
                 e_clean = emb(ids)  # [g, L, D]
                 clean = None
                 if mode != "answer_joint":
-                    clean = p_final_at(model, head, hidden_of(body(inputs_embeds=e_clean)), group, mode)
+                    clean = layout.logits(model, head, hidden_of(body(inputs_embeds=e_clean)), *at)
                 noise = torch.zeros_like(e_clean)
                 for i, r in enumerate(group):
                     noise[i, r.start : r.start + r.num] = noises[r.index].to(device=device, dtype=dtype) * noise_std
             x = e_clean.detach().requires_grad_(True)
             sal = Saliency(x)
-            noisy = p_final_at(model, head, hidden_of(body(inputs_embeds=sal.output + noise)), group, mode)
-            objective = sum(
-                gradient_objective(clean[i] if clean is not None else noisy[i].detach(), noisy[i], mode)
-                for i in range(g)
-            )
+            noisy = layout.logits(model, head, hidden_of(body(inputs_embeds=sal.output + noise)), *at)
+            # answer_joint: dJ/de does not depend on phi_clean, the teacher is any constant
+            objective = layout.objective(noisy if clean is None else clean, noisy, mode)
             gxi, gn = sal.backward(objective)
             value = gxi if score == "grad_x_input" else gn
             for i, r in enumerate(group):

@@ -49,18 +49,17 @@ import torch
 from .._checks import check_choice, check_number
 from ..segments import Segments
 from ._common import (
+    PFinalLayout,
     apply_head,
     check_mode,
     check_score,
     check_segments,
     decoder_and_head,
     draw_noise,
-    gradient_objective,
     hidden_of,
     input_embeddings,
     is_scored,
     make_row,
-    outcome,
 )
 from . import _cache
 from ._saliency import Saliency
@@ -262,16 +261,17 @@ class OARGStep:
         score_mask = torch.zeros(B, R_max, dtype=torch.bool, device=device)
         weights = torch.ones(B, N, dtype=torch.float32, device=device)
         if rows:
+            order = sorted(rows)
+            layout = PFinalLayout([rows[b] for b in order])  # P_final's logits of all rows: [K, V]
             with torch.set_grad_enabled(not exact and torch.is_grad_enabled()):
-                z_sel = self._branch(rows, cache, hidden, T, device, responses)  # {b: [k_b, V]}
+                z_sel = self._branch(rows, order, layout, cache, hidden, T, device, responses)
             if exact:
                 if not _reusable(cache):  # pragma: no cover - a cache without per-layer tensors
                     raise RuntimeError("kl_grad='exact' needs transformers' layered cache; use kl_grad='linearized'")
-                per_row = self._exact_kl(rows, z_sel, generator, dim, device, cache, B)
+                per_row = self._exact_kl(rows, order, layout, z_sel, generator, dim, device, cache, B)
             else:
-                cot = self._cotangents(rows, z_sel, generator, dim, device, cache, B)
-                order = sorted(rows)
-                gxi, gn = sal.backward([z_sel[b] for b in order], [cot[b] for b in order], retain_graph=True)
+                cot = self._cotangents(rows, order, layout, z_sel, generator, dim, device, cache, B)
+                gxi, gn = sal.backward([z_sel], [cot], retain_graph=True)
                 value = gxi if self.score == "grad_x_input" else gn
                 per_row = {b: value[b, r.start : r.start + r.num] for b, r in rows.items()}
             for b, r in rows.items():
@@ -294,33 +294,34 @@ class OARGStep:
         return isinstance(head, torch.nn.Linear) and not cap and head.out_features >= self.FUSED_MIN_VOCAB
 
     # ------------------------------------------------------------------------------------
-    def _branch(self, rows: Dict[int, object], cache, hidden, T, device, responses) -> Dict[int, torch.Tensor]:
-        """Conclude/answer continuation of the policy forward; logits at P_final's positions."""
+    def _branch(self, rows, order, layout, cache, hidden, T, device, responses) -> torch.Tensor:
+        """Conclude/answer continuation of the policy forward; P_final's logits [K, V] (flat,
+        rows in `order`, see PFinalLayout)."""
         model, body, head = self.model, self.body, self.head
         B = hidden.shape[0]
         # Branch of row b: scoring positions P + R .. Le - 1 (may be empty when P_final reads a
         # reasoning position, e.g. an empty conclude in mode "last"). Where the response itself
-        # goes on with exactly those tokens (an empty conclude text and the answer written right
-        # after the reasoning, as in the built-in task), causal attention makes the policy row's
-        # hidden states at those positions the branch's: no branch forward for that row.
+        # goes on with exactly those tokens (a conclude text the response writes itself followed
+        # by the answer, as in the built-in task), causal attention makes the policy row's hidden
+        # states at those positions the branch's: no branch forward for that row.
         br = {}
         for b, r in rows.items():
             t = r.ids[r.start + r.num :]
             cont = responses[b][r.num : r.num + t.numel()]
             br[b] = t[:0] if torch.equal(cont, t) else t
-        Q = max(1, max(t.numel() for t in br.values()))
-        b_ids = torch.zeros((B, Q), dtype=torch.long)
-        b_pos = torch.zeros((B, Q), dtype=torch.long)
-        bound = torch.zeros((B, Q), dtype=torch.long)  # policy keys < bound are visible
-        valid = torch.zeros((B, Q), dtype=torch.bool)
-        for b, t in br.items():
-            r = rows[b]
-            n = t.numel()
-            b_ids[b, :n] = t
-            b_pos[b, :n] = r.start + r.num + torch.arange(n)
-            bound[b, :n] = r.start + r.num
-            valid[b, :n] = True
-        if max(t.numel() for t in br.values()) > 0:
+        Q = max(t.numel() for t in br.values())
+        if Q > 0:
+            b_ids = torch.zeros((B, Q), dtype=torch.long)
+            b_pos = torch.zeros((B, Q), dtype=torch.long)
+            bound = torch.zeros((B, Q), dtype=torch.long)  # policy keys < bound are visible
+            valid = torch.zeros((B, Q), dtype=torch.bool)
+            for b, t in br.items():
+                r = rows[b]
+                n = t.numel()
+                b_ids[b, :n] = t
+                b_pos[b, :n] = r.start + r.num + torch.arange(n)
+                bound[b, :n] = r.start + r.num
+                valid[b, :n] = True
             dtype = self.emb.weight.dtype
             kq = torch.arange(T)
             see_policy = kq[None, None, :] < bound[:, :, None]
@@ -336,48 +337,37 @@ class OARGStep:
                 past_key_values=cache,
                 use_cache=True,
             )
-            h_branch = hidden_of(out)  # [B, Q, D]
-        else:
-            h_branch = None
-        z = {}
-        for b, r in rows.items():
+            # branch position j of row b sits at T + j of the policy states extended by the branch
+            hidden = torch.cat([hidden, hidden_of(out)], dim=1)  # [B, T + Q, D]
+        bi, pi = [], []
+        for b in order:
+            r = rows[b]
             split = r.start + r.num if br[b].numel() else r.length  # no branch: all policy positions
-            parts = []
             for pos in r.need.tolist():
-                if pos >= split:
-                    parts.append(h_branch[b, pos - split])
-                else:  # a position of the policy row itself (reasoning, or a continuation it shares)
-                    parts.append(hidden[b, pos])
-            z[b] = apply_head(model, head, torch.stack(parts))
-        return z
+                bi.append(b)
+                pi.append(T + pos - split if pos >= split else pos)
+        return layout.logits(model, head, hidden, bi, pi)
 
     # ------------------------------------------------------------------------------------
-    def _cotangents(self, rows, z_sel, generator, dim, device, cache=None, B=0) -> Dict[int, torch.Tensor]:
-        """c_b = dJ_b/dz_b: at the clean logits (answer_joint) or at the noisy ones (KL modes)."""
+    def _cotangents(self, rows, order, layout, z_sel, generator, dim, device, cache=None, B=0) -> torch.Tensor:
+        """c = dJ/dz [K, V]: at the clean logits (answer_joint) or at the noisy ones (KL modes)."""
         mode = self.mode
-        cot = {}
         if mode == "answer_joint":
-            for b, z in z_sel.items():
-                leaf = z.detach().requires_grad_(True)
-                with torch.enable_grad():
-                    phi = outcome(leaf, mode, rows[b].answer)
-                    (c,) = torch.autograd.grad(gradient_objective(phi.detach(), phi, mode), [leaf])
-                cot[b] = c.to(z.dtype)
-            return cot
-        noises = {b: draw_noise(rows[b].num, dim, generator) for b in sorted(rows)}  # the oracle's order
-        if _reusable(cache):
-            noisy = self._noisy_logits_reuse(rows, noises, cache.layers, B, device)
-        else:  # pragma: no cover - caches without per-layer tensors
-            noisy = self._noisy_logits(rows, noises, device)
-        for b, z in z_sel.items():
-            clean = outcome(z.detach(), mode, rows[b].answer)
-            leaf = noisy[b].detach().requires_grad_(True)
+            leaf = z_sel.detach().requires_grad_(True)
             with torch.enable_grad():
-                (c,) = torch.autograd.grad(gradient_objective(clean, outcome(leaf, mode, rows[b].answer), mode), [leaf])
-            cot[b] = c.to(z.dtype)
-        return cot
+                (c,) = torch.autograd.grad(layout.objective(leaf, leaf, mode), [leaf])
+            return c.to(z_sel.dtype)
+        noises = {b: draw_noise(rows[b].num, dim, generator) for b in order}  # the oracle's order
+        if _reusable(cache):
+            noisy = self._noisy_logits_reuse(rows, order, layout, noises, cache.layers, B, device)
+        else:  # pragma: no cover - caches without per-layer tensors
+            noisy = self._noisy_logits(rows, order, noises, device)
+        leaf = noisy.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (c,) = torch.autograd.grad(layout.objective(z_sel, leaf, mode), [leaf])
+        return c.to(z_sel.dtype)
 
-    def _exact_kl(self, rows, z_sel, generator, dim, device, cache, B) -> Dict[int, torch.Tensor]:
+    def _exact_kl(self, rows, order, layout, z_sel, generator, dim, device, cache, B) -> Dict[int, torch.Tensor]:
         """kl_grad="exact": OAR-G's own gradient at the noisy embeddings (equal to the oracle).
 
         A grad-enabled noisy forward of reasoning + conclude (+ answer) on the policy's prompt
@@ -385,72 +375,76 @@ class OARGStep:
         clean reasoning embeddings under the probe, J against the teacher from the branch
         (detached), and autograd.grad to those embeddings only. Its graph is freed at once.
         """
-        mode = self.mode
-        noises = {b: draw_noise(rows[b].num, dim, generator) for b in sorted(rows)}  # the oracle's order
+        noises = {b: draw_noise(rows[b].num, dim, generator) for b in order}  # the oracle's order
         with torch.enable_grad():
-            noisy, sal = self._noisy_logits_reuse(rows, noises, cache.layers, B, device, with_grad=True)
-            objective = sum(
-                gradient_objective(outcome(z_sel[b].detach(), mode, rows[b].answer), outcome(noisy[b], mode, rows[b].answer), mode)
-                for b in sorted(rows)
-            )
-            gxi, gn = sal.backward(objective)
+            noisy, sal = self._noisy_logits_reuse(rows, order, layout, noises, cache.layers, B, device, with_grad=True)
+            gxi, gn = sal.backward(layout.objective(z_sel, noisy, self.mode))
         value = gxi if self.score == "grad_x_input" else gn
-        return {b: value[b, : r.num] for b, r in rows.items()}
+        return {b: value[i, : rows[b].num] for i, b in enumerate(order)}
 
-    def _noisy_logits_reuse(self, rows, noises, layers, B, device, with_grad=False):
+    def _noisy_logits_reuse(self, rows, order, layout, noises, layers, B, device, with_grad=False):
         """Noisy forward of reasoning + conclude (+ answer) only: the prompt's keys and values
         are the policy forward's (noise never touches the prompt, and causal attention makes
         prompt states independent of what follows), read through a prefix cache.
 
-        Returns {b: logits at P_final's positions}; with with_grad, also the Saliency probe on
-        the clean embeddings of the chunk ([B, q, D], reasoning of row b at [b, :R_b]).
+        Only the scored rows go through it, as a compact batch (row i = order[i]). Returns
+        P_final's logits [K, V] (flat, rows in `order`); with with_grad, also the Saliency probe
+        on the clean embeddings of the chunk ([len(order), q, D], reasoning of order[i] at
+        [i, :R]).
         """
         model, emb, body, head = self.model, self.emb, self.body, self.head
         dtype = emb.weight.dtype
         p_max = max(r.start for r in rows.values())
         q = max(r.length - r.start for r in rows.values())
-        ids = torch.zeros((B, q), dtype=torch.long)
-        pos = torch.zeros((B, q), dtype=torch.long)
-        bound = torch.zeros((B, q), dtype=torch.long)  # prompt keys < bound are visible
-        valid = torch.zeros((B, q), dtype=torch.bool)
-        for b, r in rows.items():
+        n_rows = len(order)
+        ids = torch.zeros((n_rows, q), dtype=torch.long)
+        pos = torch.zeros((n_rows, q), dtype=torch.long)
+        bound = torch.zeros((n_rows, q), dtype=torch.long)  # prompt keys < bound are visible
+        valid = torch.zeros((n_rows, q), dtype=torch.bool)
+        for i, b in enumerate(order):
+            r = rows[b]
             n = r.length - r.start
-            ids[b, :n] = r.ids[r.start :]
-            pos[b, :n] = r.start + torch.arange(n)
-            bound[b, :n] = r.start
-            valid[b, :n] = True
+            ids[i, :n] = r.ids[r.start :]
+            pos[i, :n] = r.start + torch.arange(n)
+            bound[i, :n] = r.start
+            valid[i, :n] = True
         with torch.no_grad():
             x = emb(ids.to(device))
             noise = torch.zeros_like(x)
-            for b, r in rows.items():
-                noise[b, : r.num] = noises[b].to(device=device, dtype=dtype) * self.noise_std
+            for i, b in enumerate(order):
+                noise[i, : rows[b].num] = noises[b].to(device=device, dtype=dtype) * self.noise_std
         sal = None
         if with_grad:
             x = x.detach().requires_grad_(True)
             sal = Saliency(x)
             x = sal.output
         scratch = _cache.Cache(layers=[])
+        sel = None if n_rows == B else torch.tensor(order, device=layers[0].keys.device)
         for layer in layers:
+            k, v = layer.keys[:, :, :p_max].detach(), layer.values[:, :, :p_max].detach()
+            if sel is not None:  # the scored rows' prompts only
+                k, v = k.index_select(0, sel), v.index_select(0, sel)
             new = _cache.PrefixScratchLayer(extra=q)
-            new.lazy_initialization(layer.keys[:, :, :p_max].detach(), layer.values[:, :, :p_max].detach())
+            new.lazy_initialization(k, v)
             scratch.layers.append(new)
         see_prompt = torch.arange(p_max)[None, None, :] < bound[:, :, None]
         qi = torch.arange(q)
         see_own = ((qi[None, None, :] <= qi[None, :, None]) & valid[:, None, :]) | torch.eye(q, dtype=torch.bool)[None]
         allowed = torch.cat([see_prompt, see_own], dim=-1)
         mask4 = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+        bi = [i for i, b in enumerate(order) for _ in range(rows[b].need.numel())]
+        pi = torch.cat([rows[b].need - rows[b].start for b in order])
         with torch.set_grad_enabled(with_grad):
             h = hidden_of(body(inputs_embeds=x + noise, attention_mask=mask4[:, None].to(device),
                                position_ids=pos.to(device), past_key_values=scratch, use_cache=True))
-            out = {b: apply_head(model, head, h[b, (r.need - r.start).to(device)]) for b, r in rows.items()}
+            out = layout.logits(model, head, h, bi, pi)
         return (out, sal) if with_grad else out
 
     @torch.no_grad()
-    def _noisy_logits(self, rows, noises, device) -> Dict[int, torch.Tensor]:
+    def _noisy_logits(self, rows, order, noises, device) -> torch.Tensor:  # pragma: no cover - no layered cache
         """No-grad forward of the whole scoring sequences with noise at the reasoning embeddings."""
         model, emb, body, head = self.model, self.emb, self.body, self.head
         dtype = emb.weight.dtype
-        order = sorted(rows)
         out = {}
         i = 0
         while i < len(order):
@@ -469,7 +463,7 @@ class OARGStep:
             for k, r in enumerate(group):
                 out[r.index] = apply_head(model, head, h[k, r.need.to(device)])
             i = j
-        return out
+        return torch.cat([out[b] for b in order])
 
 
 def oarg_step(

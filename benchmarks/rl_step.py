@@ -130,7 +130,7 @@ def policy_update(model, opt, sched, tokenizer, rows, adv, weights, cfg, device)
     att = torch.cat([p_mask, c_mask], dim=1).to(device)
     model.train()
     opt.zero_grad(set_to_none=True)
-    logp = completion_logp(model, ids, att, p_ids.shape[1], cfg.temperature, lm_head=fused_lm_head(model, cfg))
+    logp = completion_logp(model, ids, att, p_ids.shape[1], cfg.temperature, lm_head=fused_lm_head(model, cfg, ids.numel()))
     loss, _ = grpo_loss(logp, None, adv.to(device), loss_mask.to(device), weights=w.to(device),
                         epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta, loss_type=cfg.loss_type,
                         max_completion_length=cfg.max_completion_length, num_sequences=len(rows),
@@ -237,7 +237,8 @@ def _oarg_step_once(model, opt, sched, tokenizer, rows, adv, cfg, seed, k, devic
 
     step = OARGStep(model, mode=cfg.resolved_pfinal_mode(), noise_std=cfg.noise_std, score=cfg.saliency,
                     tau=cfg.tau, beta=cfg.oar_beta, floor=cfg.floor, sum_to_len=cfg.sum_to_len,
-                    fused_head=fused_lm_head(model, cfg) is not None, temperature=cfg.temperature)
+                    fused_head=fused_lm_head(model, cfg, len(rows) * max(len(x[0]) + len(x[1]) for x in rows)) is not None,
+                    temperature=cfg.temperature)
     responses = [torch.as_tensor(x[1], dtype=torch.long) for x in rows]
     t = _now(device)
     segs, picked = _segments_for_step(rows, adv, tokenizer, cfg)

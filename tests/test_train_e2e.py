@@ -244,6 +244,16 @@ def test_fused_lm_head_choice(tiny_model, tmp_path):
     assert model.config.vocab_size < FUSED_MIN_VOCAB
     assert fused_lm_head(model, tiny_config(tiny_model, tmp_path)) is None
     assert fused_lm_head(model, tiny_config(tiny_model, tmp_path, fused_lm_head="on")) is model.get_output_embeddings()
+    # a large vocabulary: on CPU, auto streams the head only once the logits would reach 1 GiB
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from oar_kernels.train.loop import FUSED_CPU_MIN_BYTES
+
+    big = LlamaForCausalLM(LlamaConfig(vocab_size=FUSED_MIN_VOCAB, hidden_size=8, intermediate_size=16,
+                                       num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
+    tokens = FUSED_CPU_MIN_BYTES // (4 * FUSED_MIN_VOCAB)
+    assert fused_lm_head(big, tiny_config(tiny_model, tmp_path), tokens - 1) is None
+    assert fused_lm_head(big, tiny_config(tiny_model, tmp_path), tokens) is big.get_output_embeddings()
+    assert fused_lm_head(big, tiny_config(tiny_model, tmp_path, fused_lm_head="off"), tokens) is None
     runs = {}
     for mode in ("off", "on"):
         out = tmp_path / mode

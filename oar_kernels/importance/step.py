@@ -132,7 +132,8 @@ class OARGStep:
             cotangent pulled back through the policy graph (one graph only, so the least
             memory); differs from the oracle by a relative O(noise_std).
         fused_head: the policy log-probs through oar.fused_linear_logprob instead of logits
-            (None: automatically, for plain linear heads with vocabularies >= 32768).
+            (None: automatically, for plain linear heads with vocabularies >= 32768 on GPUs, and
+            on CPU once the [tokens, V] logits would reach 1 GiB).
         temperature: the policy log-probs (logp, the loss's) are taken of logits / temperature,
             the sampling temperature, as a GRPO trainer does; P_final (the saliency) always
             uses the model's own logits, as the oracles do.
@@ -241,7 +242,7 @@ class OARGStep:
         pred = torch.where(mask, pred, 0).to(device)
         targets = torch.where(mask, ids.cpu().gather(1, (pred.cpu() + 1).clamp_max(T - 1)), 0).to(device)
         h_resp = hidden.gather(1, pred[:, :, None].expand(B, N, hidden.shape[-1]))
-        if self._fused_head(head):  # large vocabulary: no [B, N, V] logits
+        if self._fused_head(head, B * N):  # large vocabulary: no [B, N, V] logits
             from ..ops.fused_linear_logprob import fused_linear_logprob
 
             D = h_resp.shape[-1]
@@ -284,14 +285,23 @@ class OARGStep:
         return OARGOutput(logp, mask, scores, score_mask, weights)
 
     FUSED_MIN_VOCAB = 32768  # from here on the [B, N, V] logits of the policy forward dominate memory
+    # On CPU the streamed head is slower than one [tokens, V] matmul (SmolLM2-135M, 2 x 257
+    # response tokens: +0.3 s of an 8.4 s OAR-G step) and memory is rarely short: there it is
+    # only used once the logits would pass this size.
+    FUSED_CPU_MIN_BYTES = 1 << 30
 
-    def _fused_head(self, head) -> bool:
+    def _fused_head(self, head, num_tokens: int = 0) -> bool:
         """The policy log-probs go through oar.fused_linear_logprob (fused_head=None: for plain
-        linear heads of vocabularies >= FUSED_MIN_VOCAB without final logit soft-capping)."""
+        linear heads without final logit soft-capping, of vocabularies >= FUSED_MIN_VOCAB on
+        GPUs, and on CPU where the [num_tokens, V] float32 logits reach FUSED_CPU_MIN_BYTES)."""
         if self.fused_head is not None:
             return self.fused_head
         cap = getattr(getattr(self.model, "config", None), "final_logit_softcapping", None)
-        return isinstance(head, torch.nn.Linear) and not cap and head.out_features >= self.FUSED_MIN_VOCAB
+        if not isinstance(head, torch.nn.Linear) or cap or head.out_features < self.FUSED_MIN_VOCAB:
+            return False
+        if head.weight.device.type == "cpu":
+            return num_tokens * head.out_features * 4 >= self.FUSED_CPU_MIN_BYTES
+        return True
 
     # ------------------------------------------------------------------------------------
     def _branch(self, rows, order, layout, cache, hidden, T, device, responses) -> torch.Tensor:

@@ -236,12 +236,14 @@ def completion_logp(model, input_ids, attention_mask, prompt_len: int, temperatu
 
 
 FUSED_MIN_VOCAB = 32768  # fused_lm_head="auto": from here on the [tokens, V] logits dominate memory
+FUSED_CPU_MIN_BYTES = 1 << 30  # on CPU the streamed head is slower: auto uses it only past this size
 
 
-def fused_lm_head(model, cfg: TrainConfig):
+def fused_lm_head(model, cfg: TrainConfig, num_tokens: int = 0):
     """The output Linear when the update takes log-probs with the fused op (cfg.fused_lm_head),
     else None. auto: vocabularies >= FUSED_MIN_VOCAB, for models whose logits are a plain linear
-    map of the last hidden state (no final logit soft-capping) and accept `logits_to_keep`."""
+    map of the last hidden state (no final logit soft-capping) and accept `logits_to_keep`; on
+    CPU only when the [num_tokens, V] float32 logits would reach FUSED_CPU_MIN_BYTES."""
     if cfg.fused_lm_head == "off":
         return None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -253,7 +255,11 @@ def fused_lm_head(model, cfg: TrainConfig):
             raise ValueError("fused_lm_head: 'on' needs a model whose logits are a plain nn.Linear of the last "
                              "hidden state (no final_logit_softcapping) and whose forward accepts logits_to_keep")
         return head
-    return head if plain and head.out_features >= FUSED_MIN_VOCAB else None
+    if not plain or head.out_features < FUSED_MIN_VOCAB:
+        return None
+    if head.weight.device.type == "cpu" and num_tokens * head.out_features * 4 < FUSED_CPU_MIN_BYTES:
+        return None
+    return head
 
 
 @torch.no_grad()
@@ -436,7 +442,7 @@ def train_step(step, model, wrapped, ref_model, opt, sched, tokenizer, task, rew
     Lp = p_ids.shape[1]
     model.train()
     opt.zero_grad(set_to_none=True)
-    fused_head = fused_lm_head(model, cfg)
+    fused_head = fused_lm_head(model, cfg, ids.numel())
     oarg = None
     if one_forward:
         from ..importance import OARGStep
@@ -474,7 +480,7 @@ def train_step(step, model, wrapped, ref_model, opt, sched, tokenizer, task, rew
             if cfg.beta > 0:
                 with torch.no_grad():
                     ref = completion_logp(ref_model, mb_ids, mb_att, Lp, cfg.temperature,
-                                          lm_head=fused_lm_head(ref_model, cfg))[:, : logp.shape[1]]
+                                          lm_head=fused_lm_head(ref_model, cfg, ids.numel()))[:, : logp.shape[1]]
             loss, m = grpo_loss(logp, None, adv[idx].to(device), mb_mask.to(device),
                                 weights=mb_weights.to(device), ref_logp=ref, epsilon=cfg.epsilon,
                                 epsilon_high=cfg.epsilon_high, beta=cfg.beta, loss_type=cfg.loss_type,

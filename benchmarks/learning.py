@@ -1,7 +1,7 @@
 """Learning benchmark: GRPO vs OAR-G vs OAR-P on the trainer's built-in task, several seeds each.
 
-    python benchmarks/learning.py                                   # 3 algos x seeds 0 1 2, trainer defaults
-    python benchmarks/learning.py --max_steps 100 --eval_every 20 --eval_size 1000
+    python benchmarks/learning.py                                   # 3 algos x seeds 0 1 2, 30 steps, eval every 5
+    python benchmarks/learning.py --seeds 0 1 2 3 4 --eval_size 1000    # the run in benchmarks/RESULTS.md
     python benchmarks/learning.py --report_only                     # tables/plot from the runs already there
     python benchmarks/learning.py --seeds 0 1 -- --learning_rate 5e-5   # flags after `--` go to every run
 
@@ -375,8 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--algos", nargs="+", default=list(ALGOS), choices=ALGOS, help="algorithms compared")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds, each run for every algo")
-    p.add_argument("--max_steps", type=int, default=100, help="optimizer steps of every run")
-    p.add_argument("--eval_every", type=int, default=20, help="held-out evaluation every N steps (and 0, end)")
+    # the default policy loses its shortcut habit within ~20 steps: 30 steps, evaluated often,
+    # show which algorithm gets there faster
+    p.add_argument("--max_steps", type=int, default=30, help="optimizer steps of every run")
+    p.add_argument("--eval_every", type=int, default=5, help="held-out evaluation every N steps (and 0, end)")
     p.add_argument("--eval_size", type=int, default=500, help="held-out problems per evaluation")
     p.add_argument("--num_threads", type=int, default=1, help="torch CPU threads of each run")
     p.add_argument("--out", default=os.path.join("runs", "learning"), help="output folder")

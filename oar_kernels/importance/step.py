@@ -17,7 +17,9 @@ How one forward serves both (docs/importance.md has the full argument):
   a short "branch") run as a continuation of the same forward: a second, small decoder call
   with past_key_values = the policy's keys/values, an explicit 4-D mask that lets branch
   token j see policy positions < P + R only (and the branch causally) and position ids
-  P + R + j. Gradients flow from the branch back into the policy forward's graph.
+  P + R + j. Gradients flow from the branch back into the policy forward's graph. A row whose
+  response itself goes on with exactly the branch tokens needs none: its policy states are the
+  branch's.
 * The policy's input embeddings e go through the saliency probe. A partial backward
   torch.autograd.grad(z_branch, [e], grad_outputs=c, retain_graph=True) to the embeddings
   only (no parameter gradient) gives |<dJ/de_t, e_t>| / ||dJ/de_t|| at the reasoning tokens.

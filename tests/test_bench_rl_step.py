@@ -1,20 +1,14 @@
 """benchmarks/rl_step.py at tiny sizes (a tiny model from a config, one step), so it cannot rot."""
-import importlib.util
-import os
 
 import pytest
 import torch
+from bench_loader import load_benchmark
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 pytest.importorskip("transformers")
 
 
 def _load_bench():
-    path = os.path.join(HERE, "..", "benchmarks", "rl_step.py")
-    spec = importlib.util.spec_from_file_location("bench_rl_step", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("rl_step")
 
 
 def _tiny_policy():

@@ -145,13 +145,9 @@ def test_degenerate_shapes(shape):
 
 def test_benchmark_gpu_rows_run_blind():
     """benchmarks/bench_bilevel.py:gpu_rows runs end to end (tiny sizes, CPU interpreter)."""
-    import importlib.util
-    from pathlib import Path
+    from bench_loader import load_benchmark
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_bilevel.py"
-    spec = importlib.util.spec_from_file_location("bench_bilevel_under_test", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_bilevel")
     rows = bench.gpu_rows("cpu", batch=3, seq=40, long_shape=(1, 70), repeats=1)
     assert len(rows) == 5
     for row in rows:

@@ -1,21 +1,16 @@
 """benchmarks/learning.py without training: its aggregation, table and plot on synthetic metrics."""
-import importlib.util
 import json
 import os
 import statistics
 
 import pytest
+from bench_loader import load_benchmark
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 pytest.importorskip("matplotlib")
 
 
 def _load_bench():
-    path = os.path.join(HERE, "..", "benchmarks", "learning.py")
-    spec = importlib.util.spec_from_file_location("bench_learning", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("learning")
 
 
 # final held-out accuracy per (algo, seed); every run starts at 0.40 and is evaluated at 0, 5, 10

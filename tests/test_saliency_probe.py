@@ -188,19 +188,10 @@ def test_bad_input():
 
 def test_benchmark_gpu_rows_run_blind():
     """benchmarks/bench_saliency.py:gpu_rows runs end to end (tiny sizes, CPU interpreter)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from bench_loader import load_benchmark
 
-    bench_dir = Path(__file__).resolve().parents[1] / "benchmarks"
-    sys.path.insert(0, str(bench_dir))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_saliency_under_test", bench_dir / "bench_saliency.py")
-        bench = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(bench)
-        rows = bench.gpu_rows("cpu", shape=(2, 3, 24), dtype=torch.bfloat16, repeats=1, hidden_mult=1)
-    finally:
-        sys.path.remove(str(bench_dir))
+    bench = load_benchmark("bench_saliency")
+    rows = bench.gpu_rows("cpu", shape=(2, 3, 24), dtype=torch.bfloat16, repeats=1, hidden_mult=1)
     assert len(rows) == 3
     for row in rows:
         assert set(row) == {"op", "shape", "metric", "value", "target", "ok"}

@@ -349,16 +349,30 @@ class OARGStep:
                 past_key_values=cache,
                 use_cache=True,
             )
-            # branch position j of row b sits at T + j of the policy states extended by the branch
-            hidden = torch.cat([hidden, hidden_of(out)], dim=1)  # [B, T + Q, D]
-        bi, pi = [], []
+            h_branch = hidden_of(out)  # [B, Q, D]
+        # flat position k of P_final reads the policy states or the branch's: gather each source
+        # once, then put the rows back in flat order (no copy of the whole [B, T, D] states)
+        src = {False: ([], [], []), True: ([], [], [])}  # from the branch? -> (flat k, row, position)
+        k = 0
         for b in order:
             r = rows[b]
             split = r.start + r.num if br[b].numel() else r.length  # no branch: all policy positions
             for pos in r.need.tolist():
-                bi.append(b)
-                pi.append(T + pos - split if pos >= split else pos)
-        return layout.logits(model, head, hidden, bi, pi)
+                ks, bs, ps = src[pos >= split]
+                ks.append(k)
+                bs.append(b)
+                ps.append(pos - split if pos >= split else pos)
+                k += 1
+        if not src[True][0]:
+            return layout.logits(model, head, hidden, src[False][1], src[False][2])
+        parts, flat = [], []
+        for from_branch, states in ((False, hidden), (True, h_branch)):
+            ks, bs, ps = src[from_branch]
+            if ks:
+                parts.append(states[torch.tensor(bs, device=device), torch.tensor(ps, device=device)])
+                flat += ks
+        h_sel = torch.cat(parts)[torch.argsort(torch.tensor(flat)).to(device)]  # [K, D] in flat order
+        return apply_head(model, head, h_sel)
 
     # ------------------------------------------------------------------------------------
     def _cotangents(self, rows, order, layout, z_sel, generator, dim, device, cache=None, B=0) -> torch.Tensor:

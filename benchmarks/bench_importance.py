@@ -19,7 +19,8 @@ CPU (default; about 5 minutes with one thread): a 4-layer Llama-style model, hid
 * OAR-G training step (OARGStep: one policy forward, partial backward to the embeddings,
   weighted GRPO loss backward) against a plain GRPO step (same forward and loss, no OAR) and
   against the authors' three-pass procedure (the naive OAR-G oracle per response, then the
-  GRPO step). Median of --repeats.
+  GRPO step). Median of --repeats. A "lower bound" row times the GRPO step plus chunk_pass,
+  the least work any exact KL-mode step adds (see chunk_pass).
 * Fidelity (on --fidelity-responses responses, OAR-P being the slow part): mean over
   responses of Spearman's rho between OAR-G and OAR-P scores, per mode;
   also OAR-G step form vs batched OAR-G under the same noise draw, and batched OAR-G under two
@@ -54,6 +55,7 @@ from oar_kernels.segments import Segments
 MODES = ("last", "answer_mean", "answer_joint")
 P_TARGET = 2.5  # OAR-P speed-up over the naive oracle
 G_TARGET = 1.45  # OAR-G step time / GRPO step time
+FLOOR = "lower bound, exact KL modes (GRPO step + chunk forward + input backward)"
 
 
 # ------------------------------------------------------------------------------ setup
@@ -231,9 +233,31 @@ def grpo_step(model, inputs, adv, weights=None):
     model.zero_grad(set_to_none=True)
 
 
-def step_rows(model, segs, device, repeats, modes=("answer_mean", "answer_joint", "last"), three_pass=True):
+def chunk_pass(model, segs, device):
+    """The least work any exact answer_mean OAR-G step adds to the GRPO step: one forward of
+    reasoning + conclude + answer (without the prompt: fewer keys than the real noisy pass
+    sees) and a backward to those input embeddings only, LM head at the answer positions.
+    (KL(P_clean || P_noisy) has zero gradient at zero noise, so its gradient needs a forward
+    at the noisy embeddings: the policy forward cannot serve it exactly.)"""
+    body, head = model.get_decoder(), model.get_output_embeddings()
+    rows = [torch.cat([s.reasoning_ids, s.conclude_ids, s.answer_ids[:-1]]) for s in segs]
+    L, A = max(r.numel() for r in rows), min(s.answer_ids.numel() for s in segs)
+    ids = torch.zeros(len(rows), L, dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, L - r.numel():] = r  # left-padded: the answer positions are the last A
+    with torch.no_grad():
+        x = model.get_input_embeddings()(ids.to(device))
+    x.requires_grad_(True)
+    h = body(inputs_embeds=x).last_hidden_state[:, -A:]
+    obj = torch.log_softmax(head(h).float(), -1).mean()
+    torch.autograd.grad(obj, [x])
+
+
+def step_rows(model, segs, device, repeats, modes=("answer_mean", "answer_joint", "last"), three_pass=True,
+              floor=False):
     """Seconds per step (median over `repeats` rounds; each round times every method once, in
-    turn, so that load drifting on a shared machine hits all of them alike) and ratios."""
+    turn, so that load drifting on a shared machine hits all of them alike) and ratios.
+    floor: also time the GRPO step plus chunk_pass, a lower bound for the exact KL modes."""
     resps = responses_of(segs)
     inputs = _grpo_inputs(segs, resps, device)
     adv = torch.linspace(-1, 1, len(segs), device=device)
@@ -259,6 +283,12 @@ def step_rows(model, segs, device, repeats, modes=("answer_mean", "answer_joint"
             grpo_step(model, inputs, adv, full)
 
         methods["three-pass (naive OAR-G + GRPO step), answer_mean"] = three
+    if floor:
+        def bound():
+            grpo_step(model, inputs, adv)
+            chunk_pass(model, segs, device)
+
+        methods[FLOOR] = bound
     times = {k: [] for k in methods}
     for fn in methods.values():  # warm-up
         fn()
@@ -362,7 +392,7 @@ def cpu_report(args):
     # OAR-G step (in this process)
     model = build_model(**mcfg)
     segs = make_segments(**shape, vocab=args.vocab)
-    for name, t, r, target in step_rows(model, segs, "cpu", args.repeats, three_pass=not args.no_three_pass):
+    for name, t, r, target in step_rows(model, segs, "cpu", args.repeats, three_pass=not args.no_three_pass, floor=True):
         if t is not None:
             table.append(("OAR-G", f"{name}: seconds", t, "", None))
         if r is not None:
@@ -438,7 +468,7 @@ def gpu_rows(device, prompt=512, reasoning=2048, conclude=12, answer=4, response
     except Exception as e:  # noqa: BLE001
         rows.append(_row("perturbation_importance", shp, f"error: {e!r}", None, "", False))
     try:
-        for name, t, r, target in step_rows(model, segs, device, repeats, modes=("answer_mean", "answer_joint", "last"), three_pass=False):
+        for name, t, r, target in step_rows(model, segs, device, repeats, modes=("answer_mean", "answer_joint", "last"), three_pass=False, floor=True):
             if r is not None:
                 rows.append(_row("OARGStep", shp, f"{name} / GRPO step ({t * 1e3:.0f} ms)", r, f"<= {target}" if target else "", (r <= target) if target else True))
     except Exception as e:  # noqa: BLE001

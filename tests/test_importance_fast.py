@@ -113,6 +113,32 @@ def test_perturbation_custom_token_and_head_only_where_needed(segs):
     assert sum(rows) == expected
 
 
+@pytest.mark.parametrize("reuse", [True, False])
+def test_perturbation_head_calls_batched_and_bounded(reuse, segs, monkeypatch):
+    from oar_kernels.importance import perturbation as pm
+
+    m = model("qwen2")
+    want, _ = perturbation_importance_naive(m, segs, "answer_mean")
+    head_calls, body_calls = [], []
+    h1 = m.get_output_embeddings().register_forward_hook(lambda mod, i, o: head_calls.append(i[0].shape[0]))
+    h2 = m.get_decoder().register_forward_hook(lambda mod, i, o: body_calls.append(1))
+    try:
+        got, _ = oar.perturbation_importance(m, segs, "answer_mean", prefix_reuse=reuse)
+        assert_close(got, want)
+        # the positions of a whole forward go through the head in one call
+        assert len(head_calls) == len(body_calls)
+        # a cap of one logits row: one call per item (a response's clean pass, or a block of
+        # perturbations, never split), the same scores
+        head_calls.clear(), body_calls.clear()
+        vocab = m.get_output_embeddings().weight.shape[0]
+        monkeypatch.setattr(pm, "HEAD_LOGITS_BYTES", vocab * 8)
+        got1, _ = oar.perturbation_importance(m, segs, "answer_mean", prefix_reuse=reuse)
+        assert len(head_calls) > len(body_calls)
+        assert_close(got1, want)
+    finally:
+        h1.remove(), h2.remove()
+
+
 def test_perturbation_long_reasoning_many_chunks(tok):
     segs = make_segments(tok, 3, seed=5, max_prompt=6, max_reasoning=40)
     m = model("llama")

@@ -233,15 +233,20 @@ def grpo_step(model, inputs, adv, weights=None):
     model.zero_grad(set_to_none=True)
 
 
-def chunk_pass(model, segs, device):
-    """The least work any exact answer_mean OAR-G step adds to the GRPO step: one forward of
-    reasoning + conclude + answer (without the prompt: fewer keys than the real noisy pass
-    sees) and a backward to those input embeddings only, LM head at the answer positions.
-    (KL(P_clean || P_noisy) has zero gradient at zero noise, so its gradient needs a forward
-    at the noisy embeddings: the policy forward cannot serve it exactly.)"""
+def chunk_pass(model, segs, device, mode="answer_mean"):
+    """The least work any exact KL-mode (answer_mean, last) OAR-G step adds to the GRPO step:
+    one forward of reasoning + conclude (+ answer) (without the prompt: fewer keys than the
+    real noisy pass sees) and a backward to those input embeddings only, LM head at the
+    positions P_final reads. (KL(P_clean || P_noisy) has zero gradient at zero noise, so its
+    gradient needs a forward at the noisy embeddings: the policy forward cannot serve it
+    exactly.) Rows are left-padded to one length, as the real pass pads them."""
     body, head = model.get_decoder(), model.get_output_embeddings()
-    rows = [torch.cat([s.reasoning_ids, s.conclude_ids, s.answer_ids[:-1]]) for s in segs]
-    L, A = max(r.numel() for r in rows), min(s.answer_ids.numel() for s in segs)
+    if mode == "last":
+        rows, A = [torch.cat([s.reasoning_ids, s.conclude_ids]) for s in segs], 1
+    else:
+        rows = [torch.cat([s.reasoning_ids, s.conclude_ids, s.answer_ids[:-1]]) for s in segs]
+        A = max(1, min(s.answer_ids.numel() for s in segs))
+    L = max(r.numel() for r in rows)
     ids = torch.zeros(len(rows), L, dtype=torch.long)
     for b, r in enumerate(rows):
         ids[b, L - r.numel():] = r  # left-padded: the answer positions are the last A

@@ -23,7 +23,8 @@ Each algorithm starts from a copy of the same initial weights and a fresh AdamW;
 step, then the median of --steps repeated steps (the same rollout every step; the weights move
 between steps as in training). The full step = rollout + reward + importance + reshape + update.
 
-Extra rows: "oar-g 1fwd" is the one-forward training-step form (oar_kernels.importance.OARGStep:
+Extra rows: "oar-g bound" (KL modes) is the grpo step plus bench_importance.chunk_pass on the
+scored rows, a lower bound for any exact OAR-G step (see there). "oar-g 1fwd" is the one-forward training-step form (oar_kernels.importance.OARGStep:
 the GRPO forward also yields the OAR-G saliency, its backward is the update's; the trainer's
 `--oarg_step one-forward`, and its choice under `auto` in a single process), shown with
 importance fused into the update column; "oar-g" is the separate gradient_importance pass
@@ -372,6 +373,27 @@ def _measure(model, tokenizer, prompts, num_generations, max_completion_length, 
         log(f"[rl_step] {a}: " + ", ".join(f"{kk} {v:.3f}s" for kk, v in parts.items()) + f" ({scored[a]} responses scored)")
     del opts, scheds, states
 
+    # 4. A lower bound for exact OAR-G in the KL modes: the GRPO step plus the least work any
+    # exact step adds (bench_importance.chunk_pass on the scored rows: a forward of reasoning
+    # + conclude (+ answer) without the prompt and a backward to those inputs only)
+    mode = cfgs["oar-g"].resolved_pfinal_mode()
+    if oarg_step and mode != "answer_joint":
+        from bench_importance import chunk_pass
+
+        segs, picked = _segments_for_step(rows, adv, tokenizer, cfgs["oar-g"])
+        if picked:
+            model.load_state_dict(init_state)
+            model.train()
+            t_chunk = []
+            for k in range(reps):
+                t = _now(device)
+                chunk_pass(model, [segs[i] for i in picked], device, mode)
+                if k >= warmup:
+                    t_chunk.append(_now(device) - t)
+            grpo = next(r for r in results["rows"] if r["algo"] == "grpo")
+            results["rows"].append({**grpo, "algo": "oar-g bound", "scored": len(picked),
+                                    "importance": statistics.median(t_chunk), "reshape": 0.0})
+
     # 5. OAR-P: prefix reuse vs plain batched vs the naive oracle, on the initial weights
     if prefix_table:
         results["oarp"] = oarp_prefix_saving(model, tokenizer, rows, adv, init_state, seed, prompts,
@@ -479,6 +501,9 @@ def format_table(res: Dict, fmt: str = "md") -> str:
         g1 = by["oar-g 1fwd"]["x grpo"]
         lines.append(f"oar-g (one-forward OARGStep) / grpo per full step: {g1:.3f}x "
                      f"(target <= {TARGET_OARG}: {'met' if g1 <= TARGET_OARG else 'NOT met'})")
+    if "oar-g bound" in by:
+        lines.append(f"lower bound for any exact oar-g step in this mode (grpo + chunk forward + input backward): "
+                     f"{by['oar-g bound']['x grpo']:.3f}x")
     lines.append(f"oar-p / grpo per full step: {by['oar-p']['x grpo']:.3f}x (reported)")
     o = res.get("oarp")
     if o and "reuse" in o:
@@ -521,11 +546,11 @@ def gpu_rows(device, prompts=64, num_generations=8, max_completion_length=256, s
             res = run(model, tok, P, num_generations, C, steps=steps, warmup=1, naive_budget=30.0,
                       device=device, log=lambda *a, **k: None, synthetic=bool(kind))
             by = {r["algo"]: r for r in table_rows(res)}
-            for algo in ("oar-g", "oar-g 1fwd", "oar-p"):
+            for algo in ("oar-g", "oar-g 1fwd", "oar-g bound", "oar-p"):
                 if algo not in by:
                     continue
                 r = by[algo]
-                target = f"<= {TARGET_OARG}" if algo.startswith("oar-g") else ""
+                target = f"<= {TARGET_OARG}" if algo in ("oar-g", "oar-g 1fwd") else ""
                 ok = r["x grpo"] <= TARGET_OARG if target else True
                 rows.append({"op": "rl_step", "shape": shp,
                              "metric": f"{algo} / grpo full step ({r['s/step']:.3f} s vs {by['grpo']['s/step']:.3f} s, "

@@ -47,8 +47,12 @@ def test_rl_step_tiny(monkeypatch):
     res = bench.run(model, tok, prompts=2, num_generations=2, max_completion_length=12, steps=1, warmup=0,
                     naive_budget=1.0, log=lambda *a, **k: None)
     algos = [r["algo"] for r in res["rows"]]
-    assert algos == ["grpo", "oar-g", "oar-p", "oar-g 1fwd"]
+    assert algos == ["grpo", "oar-g", "oar-p", "oar-g 1fwd", "oar-g bound"]
     by = {r["algo"]: r for r in res["rows"]}
+    # the bound: grpo's step plus a chunk pass over the scored rows
+    bound = by["oar-g bound"]
+    assert bound["importance"] > 0 and bound["scored"] == by["oar-g"]["scored"]
+    assert all(bound[p] == by["grpo"][p] for p in ("rollout", "reward", "update"))
     assert by["grpo"]["importance"] < by["oar-p"]["importance"] + 1.0
     assert by["oar-g"]["scored"] >= 1 and by["oar-p"]["scored"] >= 1
     for r in res["rows"]:
@@ -56,7 +60,7 @@ def test_rl_step_tiny(monkeypatch):
     o = res["oarp"]
     assert o["responses"] >= 1 and o["reuse"] > 0 and o["plain"] > 0 and o["naive"] > 0
     md = bench.format_table(res)
-    assert "oar-g / grpo per full step" in md and "prefix_reuse=False" in md
+    assert "oar-g / grpo per full step" in md and "prefix_reuse=False" in md and "lower bound" in md
     csv_text = bench.format_table(res, "csv")
     assert csv_text.splitlines()[0].startswith("algo,s/step,tokens/s")
     rows = bench.table_rows(res)

@@ -139,6 +139,30 @@ def test_perturbation_head_calls_batched_and_bounded(reuse, segs, monkeypatch):
         h1.remove(), h2.remove()
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_perturbation_ragged_rows_leave_the_batch(mode):
+    """Rows with little reasoning run out of perturbations first: the rounds then run only the
+    rows still busy (views of the cache), with the same scores."""
+    g = torch.Generator().manual_seed(3)
+    ids = lambda n: torch.randint(3, 90, (n,), generator=g)  # noqa: E731
+    lengths = [2, 30, 1, 12, 25, 4]  # reasoning; batch order is not the order of work
+    segs = [Segments(ids(3 + i % 3), ids(r), ids(2), ids(2), answer_text="x") for i, r in enumerate(lengths)]
+    m = model("llama")
+    want, wmask = perturbation_importance_naive(m, segs, mode)
+    rows_per_call = []
+    hook = m.get_decoder().register_forward_hook(
+        lambda mod, i, kw, o: rows_per_call.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        got, gmask = oar.perturbation_importance(m, segs, mode, max_batch_tokens=4096)
+    finally:
+        hook.remove()
+    assert torch.equal(gmask, wmask)
+    assert_close(got, want)
+    assert rows_per_call[0] == len(segs)  # the unperturbed pass
+    assert rows_per_call[1:] == sorted(rows_per_call[1:], reverse=True)
+    assert rows_per_call[-1] == 1  # at the end only the longest response is left
+
+
 def test_perturbation_long_reasoning_many_chunks(tok):
     segs = make_segments(tok, 3, seed=5, max_prompt=6, max_reasoning=40)
     m = model("llama")

@@ -68,6 +68,20 @@ class PrefixScratchLayer(CacheLayerMixin):
         return -1
 
 
+def first_rows(cache, n: int):
+    """A cache over batch rows [0, n) of `cache`: views of the same buffers (nothing copied; the
+    new scratch tail is the old one's). OAR-P narrows its batch this way as rows run out of
+    perturbations."""
+    layers = []
+    for layer in cache.layers:
+        new = PrefixScratchLayer(layer.extra)
+        new.dtype, new.device, new.prefix = layer.dtype, layer.device, layer.prefix
+        new.keys, new.values = layer.keys[:n], layer.values[:n]
+        new.is_initialized = True
+        layers.append(new)
+    return Cache(layers=layers)
+
+
 def prefix_cache(extra: int):
     """A Cache whose layers (made lazily, one per decoder layer) keep the first forward as
     prefix and have `extra` scratch slots after it."""

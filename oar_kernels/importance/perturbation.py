@@ -12,9 +12,13 @@ responses we
    P+t+1 .. Le-1. An explicit 4-D additive mask lets each suffix token see the cached prefix
    positions < P + t and, causally, its own suffix only; explicit position_ids give the
    tokens their positions in the perturbed sequence. The chunk's keys/values go to the
-   scratch tail, so the prefix is read, never copied or recomputed;
+   scratch tail, so the prefix is read, never copied or recomputed. The rows are ordered by
+   how much suffix work they hold, so the responses with less reasoning, which run out of
+   perturbations first, are the last rows: each round runs only up to the last busy row, on
+   views of the cache, instead of carrying idle padding rows;
 3. apply the LM head only to the hidden states at P_final's positions (1 per perturbation
-   for `last`, A for the answer modes), never to the whole chunk.
+   for `last`, A for the answer modes), never to the whole chunk, and to those of a whole
+   forward in one call (bounded by HEAD_LOGITS_BYTES).
 
 Each forward holds at most `max_batch_tokens` query tokens (padding included); the only
 exception is a single sequence (clean pass) or suffix longer than that, which then runs alone.
@@ -147,7 +151,14 @@ def _chunk_mask(bound, owner, prefix_len: int, dtype, device) -> torch.Tensor:
     return mask.unsqueeze(1)
 
 
+def _suffix_work(r: Row) -> int:
+    """Tokens in the suffixes of all perturbations of r."""
+    return sum(r.length - r.start - t for t in range(r.num))
+
+
 def _score_group_reuse(net: _Body, group: List[Row], mode, perturb, budget, scores, device, dtype):
+    # most suffix work first: rows that finish early are then the last rows of the batch
+    group = sorted(group, key=_suffix_work, reverse=True)
     g = len(group)
     le_max = max(r.length for r in group)
     longest_suffix = max(r.length - r.start for r in group)
@@ -167,12 +178,21 @@ def _score_group_reuse(net: _Body, group: List[Row], mode, perturb, budget, scor
     net.outcomes(h, [(i, r.need, r.answer, i) for i, r in enumerate(group)], mode, base.__setitem__)
     del h
 
-    # 2. Rounds of packed suffixes, one row per response.
+    # 2. Rounds of packed suffixes, one row per response. The rows are in order of decreasing
+    # work (see above), so the responses still perturbing are (nearly) the first rows: each
+    # round runs only up to the last busy row, on views of the cache (no padding rows).
     nxt = [0] * g
-    while any(nxt[i] < r.num for i, r in enumerate(group)):
+    n_rows = g  # rows of the batch (and of the cache's views)
+    while True:
+        busy = [i for i in range(n_rows) if nxt[i] < group[i].num]
+        if not busy:
+            break
+        if busy[-1] + 1 < n_rows:
+            n_rows = busy[-1] + 1
+            cache = _cache.first_rows(cache, n_rows)
         blocks = []
-        for i, r in enumerate(group):
-            t0 = nxt[i]
+        for i in range(n_rows):
+            r, t0 = group[i], nxt[i]
             if t0 >= r.num:
                 blocks.append(None)
                 continue
@@ -182,10 +202,10 @@ def _score_group_reuse(net: _Body, group: List[Row], mode, perturb, budget, scor
             blocks.append((t0, t1, _suffix_block(r, t0, t1, perturb)))
             nxt[i] = t1
         q = max(b[2][0].numel() for b in blocks if b is not None)
-        c_ids = torch.full((g, q), perturb, dtype=torch.long)
-        c_pos = torch.zeros((g, q), dtype=torch.long)
-        c_bound = torch.zeros((g, q), dtype=torch.long)
-        c_owner = torch.full((g, q), -1, dtype=torch.long)
+        c_ids = torch.full((n_rows, q), perturb, dtype=torch.long)
+        c_pos = torch.zeros((n_rows, q), dtype=torch.long)
+        c_bound = torch.zeros((n_rows, q), dtype=torch.long)
+        c_owner = torch.full((n_rows, q), -1, dtype=torch.long)
         for i, blk in enumerate(blocks):
             if blk is None:
                 continue
@@ -196,7 +216,7 @@ def _score_group_reuse(net: _Body, group: List[Row], mode, perturb, budget, scor
         h = net.hidden(c_ids.to(device), c_pos.to(device), mask, cache)
         del mask
 
-        def score(i, pert):  # pert: P_final of perturbations t0..t1-1, [n_t, V] or [n_t]
+        def score(i, pert):  # pert: P_final of perturbations t0..t1-1 of row i, [n_t, V] or [n_t]
             t0, t1 = blocks[i][0], blocks[i][1]
             scores[group[i].index, t0:t1] = perturbation_score(base[i].unsqueeze(0), pert, mode).float()
 

@@ -235,26 +235,43 @@ def grpo_step(model, inputs, adv, weights=None):
 
 def chunk_pass(model, segs, device, mode="answer_mean"):
     """The least work any exact KL-mode (answer_mean, last) OAR-G step adds to the GRPO step:
-    one forward of reasoning + conclude (+ answer) (without the prompt: fewer keys than the
-    real noisy pass sees) and a backward to those input embeddings only, LM head at the
-    positions P_final reads. (KL(P_clean || P_noisy) has zero gradient at zero noise, so its
-    gradient needs a forward at the noisy embeddings: the policy forward cannot serve it
-    exactly.) Rows are left-padded to one length, as the real pass pads them."""
+    one forward of reasoning + conclude (+ answer) of every response and a backward to those
+    input embeddings only, LM head at the positions P_final reads; without the prompts (fewer
+    keys than the real noisy pass sees) and with ragged chunks packed into rows of the longest
+    chunk's length, as OARGStep packs them (block-diagonal causal mask). KL(P_clean ||
+    P_noisy) has zero gradient at zero noise, so its gradient needs a forward at the noisy
+    embeddings: the policy forward cannot serve it exactly."""
+    from oar_kernels.importance._common import pack_first_fit
+
     body, head = model.get_decoder(), model.get_output_embeddings()
     if mode == "last":
-        rows, A = [torch.cat([s.reasoning_ids, s.conclude_ids]) for s in segs], 1
+        chunks, need = [torch.cat([s.reasoning_ids, s.conclude_ids]) for s in segs], [1] * len(segs)
     else:
-        rows = [torch.cat([s.reasoning_ids, s.conclude_ids, s.answer_ids[:-1]]) for s in segs]
-        A = max(1, min(s.answer_ids.numel() for s in segs))
-    L = max(r.numel() for r in rows)
-    ids = torch.zeros(len(rows), L, dtype=torch.long)
-    for b, r in enumerate(rows):
-        ids[b, L - r.numel():] = r  # left-padded: the answer positions are the last A
+        chunks = [torch.cat([s.reasoning_ids, s.conclude_ids, s.answer_ids[:-1]]) for s in segs]
+        need = [s.answer_ids.numel() for s in segs]
+    q = max(c.numel() for c in chunks)
+    bins = pack_first_fit({i: c.numel() for i, c in enumerate(chunks)}, q)
+    ids = torch.zeros(len(bins), q, dtype=torch.long)
+    pos = torch.zeros(len(bins), q, dtype=torch.long)
+    owner = torch.full((len(bins), q), -1, dtype=torch.long)
+    rows, cols = [], []
+    for k, members in enumerate(bins):
+        o = 0
+        for i in members:
+            n = chunks[i].numel()
+            ids[k, o : o + n], pos[k, o : o + n], owner[k, o : o + n] = chunks[i], torch.arange(n), i
+            rows += [k] * need[i]
+            cols += range(o + n - need[i], o + n)
+            o += n
+    qi = torch.arange(q)
+    allowed = (owner[:, None, :] == owner[:, :, None]) & (qi[None, None, :] <= qi[None, :, None])
+    dtype = model.get_input_embeddings().weight.dtype
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
     with torch.no_grad():
         x = model.get_input_embeddings()(ids.to(device))
     x.requires_grad_(True)
-    h = body(inputs_embeds=x).last_hidden_state[:, -A:]
-    obj = torch.log_softmax(head(h).float(), -1).mean()
+    h = body(inputs_embeds=x, attention_mask=mask.to(device), position_ids=pos.to(device)).last_hidden_state
+    obj = torch.log_softmax(head(h[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]).float(), -1).mean()
     torch.autograd.grad(obj, [x])
 
 

@@ -281,6 +281,36 @@ def test_step_gradients_equal_separate_grpo(arch, mode, segs):
         assert torch.allclose(a, p.grad, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("kl_grad", ["exact", "linearized"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_step_noisy_pass_packs_short_chunks(arch, kl_grad):
+    """The KL modes' noisy pass packs several short chunks (each with its own prompt) into one
+    batch row of the longest chunk's length; the scores stay the oracle's."""
+    g = torch.Generator().manual_seed(5)
+    ids = lambda n: torch.randint(3, 90, (n,), generator=g)  # noqa: E731
+    lengths = [(4, 20), (7, 3), (2, 5), (5, 2), (3, 9), (6, 1)]  # (prompt, reasoning)
+    segs = [Segments(ids(p), ids(r), ids(2), ids(2), answer_text="x") for p, r in lengths]
+    resps = _responses(segs)
+    m = make_model(arch, dtype=torch.float64).train()
+    batch_rows = []
+    hook = m.get_decoder().register_forward_hook(
+        lambda mod, i, kw, o: batch_rows.append(kw["inputs_embeds"].shape[0]) if kw.get("inputs_embeds") is not None
+        and kw.get("past_key_values") is not None and kw.get("attention_mask") is not None else None, with_kwargs=True)
+    # linearized: a relative O(noise_std) away from the oracle (test_step_linearized_kl)
+    kw = dict(noise_std=1e-2) if kl_grad == "exact" else dict(noise_std=1e-4, score="grad_norm")
+    try:
+        torch.manual_seed(0)
+        out = OARGStep(m, mode="answer_mean", kl_grad=kl_grad, **kw)(segs, resps)
+    finally:
+        hook.remove()
+    # chunks of 23, 6, 8, 5, 12, 4 tokens into rows of 23: {23}, {12, 8}, {6, 5, 4} -> 3 rows
+    assert batch_rows == [3]
+    torch.manual_seed(0)
+    want, wmask = gradient_importance_naive(m, segs, "answer_mean", **kw)
+    assert torch.equal(out.score_mask, wmask)
+    assert_close(out.scores, want, TOL if kl_grad == "exact" else 0.1)
+
+
 @pytest.mark.parametrize("mode", ["last", "answer_mean"])
 def test_step_linearized_kl(mode, segs):
     """kl_grad="linearized": the noisy cotangent pulled back through the clean policy graph;

@@ -11,7 +11,7 @@ so nothing after the last of them is ever fed to the model ("effective length" L
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -164,6 +164,21 @@ def group_rows(rows: List[Row], budget: int) -> List[List[Row]]:
     if cur:
         out.append(cur)
     return out
+
+
+def pack_first_fit(lengths: Dict[int, int], capacity: int) -> List[List[int]]:
+    """Keys of `lengths` packed into bins of at most `capacity` (first fit, longest first; ties
+    by key): few padded rows for ragged chunks. A key longer than `capacity` gets a bin alone."""
+    bins, fill = [], []
+    for key in sorted(lengths, key=lambda k: (-lengths[k], k)):
+        k = next((k for k, f in enumerate(fill) if f + lengths[key] <= capacity), None)
+        if k is None:
+            bins.append([])
+            fill.append(0)
+            k = len(bins) - 1
+        bins[k].append(key)
+        fill[k] += lengths[key]
+    return bins
 
 
 def math_dtype(dtype: torch.dtype) -> torch.dtype:

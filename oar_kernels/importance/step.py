@@ -62,6 +62,7 @@ from ._common import (
     input_embeddings,
     is_scored,
     make_row,
+    pack_first_fit,
 )
 from . import _cache
 from ._saliency import Saliency
@@ -403,68 +404,83 @@ class OARGStep:
         """
         noises = {b: draw_noise(rows[b].num, dim, generator) for b in order}  # the oracle's order
         with torch.enable_grad():
-            noisy, sal = self._noisy_logits_reuse(rows, order, layout, noises, cache.layers, B, device, with_grad=True)
+            noisy, sal, where = self._noisy_logits_reuse(rows, order, layout, noises, cache.layers, B, device,
+                                                         with_grad=True)
             gxi, gn = sal.backward(layout.objective(z_sel, noisy, self.mode))
         value = gxi if self.score == "grad_x_input" else gn
-        return {b: value[i, : rows[b].num] for i, b in enumerate(order)}
+        return {b: value[k, o : o + rows[b].num] for b, (k, o) in where.items()}
 
     def _noisy_logits_reuse(self, rows, order, layout, noises, layers, B, device, with_grad=False):
         """Noisy forward of reasoning + conclude (+ answer) only: the prompt's keys and values
         are the policy forward's (noise never touches the prompt, and causal attention makes
         prompt states independent of what follows), read through a prefix cache.
 
-        Only the scored rows go through it, as a compact batch (row i = order[i]). Returns
-        P_final's logits [K, V] (flat, rows in `order`); with with_grad, also the Saliency probe
-        on the clean embeddings of the chunk ([len(order), q, D], reasoning of order[i] at
-        [i, :R]).
+        Only the scored rows go through it, their chunks packed into as few batch rows of the
+        longest chunk's length as they fit (first fit, longest first): a row of the batch holds
+        one or more chunks, each attending to its own prompt's keys (gathered into that row's
+        prefix) and, causally, to itself. Ragged rollouts would otherwise spend much of this
+        pass on padding. Returns P_final's logits [K, V] (flat, rows in `order`); with
+        with_grad, also the Saliency probe on the clean embeddings of the packed batch and
+        where = {b: (batch row, offset)} of each response's chunk (its reasoning comes first).
         """
         model, emb, body, head = self.model, self.emb, self.body, self.head
         dtype = emb.weight.dtype
-        p_max = max(r.start for r in rows.values())
-        q = max(r.length - r.start for r in rows.values())
-        n_rows = len(order)
-        ids = torch.zeros((n_rows, q), dtype=torch.long)
-        pos = torch.zeros((n_rows, q), dtype=torch.long)
-        bound = torch.zeros((n_rows, q), dtype=torch.long)  # prompt keys < bound are visible
-        valid = torch.zeros((n_rows, q), dtype=torch.bool)
-        for i, b in enumerate(order):
-            r = rows[b]
-            n = r.length - r.start
-            ids[i, :n] = r.ids[r.start :]
-            pos[i, :n] = r.start + torch.arange(n)
-            bound[i, :n] = r.start
-            valid[i, :n] = True
+        n = {b: rows[b].length - rows[b].start for b in order}
+        q = max(n.values())
+        bins = pack_first_fit(n, q)  # bins[k]: the responses packed into batch row k
+        K = len(bins)
+        S = max(sum(rows[b].start for b in members) for members in bins)  # longest packed prefix
+        ids = torch.zeros((K, q), dtype=torch.long)
+        pos = torch.zeros((K, q), dtype=torch.long)
+        owner = torch.full((K, q), -1, dtype=torch.long)  # member index of each chunk token
+        key_row = torch.zeros((K, S), dtype=torch.long)  # policy-cache (row, position) of each prefix key
+        key_pos = torch.zeros((K, S), dtype=torch.long)
+        key_owner = torch.full((K, S), -2, dtype=torch.long)
+        where = {}
+        for k, members in enumerate(bins):
+            o = p0 = 0
+            for m, b in enumerate(members):
+                r = rows[b]
+                ids[k, o : o + n[b]] = r.ids[r.start :]
+                pos[k, o : o + n[b]] = r.start + torch.arange(n[b])
+                owner[k, o : o + n[b]] = m
+                key_row[k, p0 : p0 + r.start] = b
+                key_pos[k, p0 : p0 + r.start] = torch.arange(r.start)
+                key_owner[k, p0 : p0 + r.start] = m
+                where[b] = (k, o)
+                o += n[b]
+                p0 += r.start
         with torch.no_grad():
             x = emb(ids.to(device))
             noise = torch.zeros_like(x)
-            for i, b in enumerate(order):
-                noise[i, : rows[b].num] = noises[b].to(device=device, dtype=dtype) * self.noise_std
+            for b in order:
+                k, o = where[b]
+                noise[k, o : o + rows[b].num] = noises[b].to(device=device, dtype=dtype) * self.noise_std
         sal = None
         if with_grad:
             x = x.detach().requires_grad_(True)
             sal = Saliency(x)
             x = sal.output
         scratch = _cache.Cache(layers=[])
-        sel = None if n_rows == B else torch.tensor(order, device=layers[0].keys.device)
-        for layer in layers:
-            k, v = layer.keys[:, :, :p_max].detach(), layer.values[:, :, :p_max].detach()
-            if sel is not None:  # the scored rows' prompts only
-                k, v = k.index_select(0, sel), v.index_select(0, sel)
+        kr, kp = key_row.to(layers[0].keys.device), key_pos.to(layers[0].keys.device)
+        for layer in layers:  # [B, H, T, d] -> the packed prefixes [K, H, S, d]
+            k_, v_ = layer.keys.detach(), layer.values.detach()
             new = _cache.PrefixScratchLayer(extra=q)
-            new.lazy_initialization(k, v)
+            new.lazy_initialization(k_[kr, :, kp].permute(0, 2, 1, 3), v_[kr, :, kp].permute(0, 2, 1, 3))
             scratch.layers.append(new)
-        see_prompt = torch.arange(p_max)[None, None, :] < bound[:, :, None]
+        see_prompt = key_owner[:, None, :] == owner[:, :, None]
         qi = torch.arange(q)
-        see_own = ((qi[None, None, :] <= qi[None, :, None]) & valid[:, None, :]) | torch.eye(q, dtype=torch.bool)[None]
+        see_own = (owner[:, None, :] == owner[:, :, None]) & (qi[None, None, :] <= qi[None, :, None])
+        see_own = see_own | torch.eye(q, dtype=torch.bool)[None]  # padding sees itself
         allowed = torch.cat([see_prompt, see_own], dim=-1)
         mask4 = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-        bi = [i for i, b in enumerate(order) for _ in range(rows[b].need.numel())]
-        pi = torch.cat([rows[b].need - rows[b].start for b in order])
+        bi = [where[b][0] for b in order for _ in range(rows[b].need.numel())]
+        pi = torch.cat([rows[b].need - rows[b].start + where[b][1] for b in order])
         with torch.set_grad_enabled(with_grad):
             h = hidden_of(body(inputs_embeds=x + noise, attention_mask=mask4[:, None].to(device),
                                position_ids=pos.to(device), past_key_values=scratch, use_cache=True))
             out = layout.logits(model, head, h, bi, pi)
-        return (out, sal) if with_grad else out
+        return (out, sal, where) if with_grad else out
 
     @torch.no_grad()
     def _noisy_logits(self, rows, order, noises, device) -> torch.Tensor:  # pragma: no cover - no layered cache

@@ -24,7 +24,8 @@ step, then the median of --steps repeated steps (the same rollout every step; th
 between steps as in training). The full step = rollout + reward + importance + reshape + update.
 
 Extra rows: "oar-g bound" (KL modes) is the grpo step plus bench_importance.chunk_pass on the
-scored rows, a lower bound for any exact OAR-G step (see there). "oar-g 1fwd" is the one-forward training-step form (oar_kernels.importance.OARGStep:
+scored rows: a lower bound for an exact OAR-G step that packs ragged chunks as OARGStep does
+(see there; only a kernel without any padding could go below it). "oar-g 1fwd" is the one-forward training-step form (oar_kernels.importance.OARGStep:
 the GRPO forward also yields the OAR-G saliency, its backward is the update's; the trainer's
 `--oarg_step one-forward`, and its choice under `auto` in a single process), shown with
 importance fused into the update column; "oar-g" is the separate gradient_importance pass
@@ -502,7 +503,7 @@ def format_table(res: Dict, fmt: str = "md") -> str:
         lines.append(f"oar-g (one-forward OARGStep) / grpo per full step: {g1:.3f}x "
                      f"(target <= {TARGET_OARG}: {'met' if g1 <= TARGET_OARG else 'NOT met'})")
     if "oar-g bound" in by:
-        lines.append(f"lower bound for any exact oar-g step in this mode (grpo + chunk forward + input backward): "
+        lines.append(f"lower bound for exact oar-g in this mode (grpo + packed chunk forward + input backward): "
                      f"{by['oar-g bound']['x grpo']:.3f}x")
     lines.append(f"oar-p / grpo per full step: {by['oar-p']['x grpo']:.3f}x (reported)")
     o = res.get("oarp")

@@ -593,6 +593,8 @@ def main(argv=None) -> Dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--naive-budget", type=float, default=20.0, help="seconds of naive OAR-P before extrapolating")
     ap.add_argument("--no-oarg-step", action="store_true", help="skip the one-forward OARGStep row")
+    ap.add_argument("--no-prefix-table", action="store_true",
+                    help="skip the OAR-P table (prefix reuse vs plain vs naive): a shorter run")
     ap.add_argument("--out", default="", help="write the table: .csv as CSV, otherwise markdown")
     a = ap.parse_args(argv)
     from oar_kernels.train.loop import Dist, resolve_device, set_cpu_threads
@@ -609,7 +611,7 @@ def main(argv=None) -> Dict:
           + f"; {a.prompts} prompts x {a.num_generations} generations, <= {a.max_completion_length} tokens, "
           f"median of {a.steps} steps after {a.warmup} warm-up")
     res = run(model, tok, a.prompts, a.num_generations, a.max_completion_length, steps=a.steps, warmup=a.warmup,
-              seed=a.seed, naive_budget=a.naive_budget, oarg_step=not a.no_oarg_step, device=device,
+              seed=a.seed, naive_budget=a.naive_budget, oarg_step=not a.no_oarg_step, prefix_table=not a.no_prefix_table, device=device,
               synthetic=bool(a.synthetic) or a.score_all)
     text = format_table(res)
     print(text)

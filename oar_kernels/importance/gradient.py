@@ -4,13 +4,17 @@ All scored responses of a group go through the model together as one right-padde
 (causal attention: real tokens never see the padding after them, so no mask is needed), cut
 after the last position P_final reads. Per group:
 
-1. clean forward without gradient -> teacher P_clean (skipped for answer_joint, whose
-   gradient does not depend on phi_clean);
-2. the clean embeddings x go through the saliency probe, then get the noise (reasoning
-   positions only, the oracle's draw convention) and feed the noisy forward;
+1. clean forward without gradient, keys/values kept -> teacher P_clean (answer_joint, whose
+   gradient does not depend on phi_clean, runs only the prompts, for their keys/values);
+2. the noisy forward covers reasoning + conclude (+ answer) only, on the prompts' cached
+   keys/values (noise never touches the prompt), with ragged chunks packed
+   (`_noisy.noisy_chunk_logits`): the clean chunk embeddings x go through the saliency probe,
+   then get the noise (reasoning positions only, the oracle's draw convention);
 3. J = sum over rows of KL(P_clean || P_noisy) (or phi_clean - phi_noisy) is differentiated
    with torch.autograd.grad(J, [x]) only: the probe's backward forms |<dJ/de_t, e_t>| (clean
    e_t) and ||dJ/de_t|| per token, no parameter gradient is computed or touched.
+
+Without transformers' layered cache the noisy forward runs over the whole sequences instead.
 
 The LM head is applied only at the positions P_final reads, in both forwards, all rows in one call.
 """
@@ -40,6 +44,8 @@ from ._common import (
     is_scored,
     make_row,
 )
+from . import _cache
+from ._noisy import noisy_chunk_logits
 from ._saliency import Saliency
 
 
@@ -77,10 +83,10 @@ def gradient_importance(
     check_generator(generator)
     check_max_batch_tokens(max_batch_tokens)
     emb = input_embeddings(model)
-    body, head = decoder_and_head(model)
+    decoder_and_head(model)  # a clear TypeError for models without the parts we need
     vocab, dim = int(emb.weight.shape[0]), int(emb.weight.shape[1])
     check_lengths(model, segments, mode != "last", vocab)
-    device, dtype = emb.weight.device, emb.weight.dtype
+    device = emb.weight.device
     scores, mask = empty_output(segments, device)
     rows = [make_row(b, s, mode) for b, s in enumerate(segments) if is_scored(s, mode)]
     # The oracle's convention: one draw per scored row, in row order, before anything else.
@@ -88,30 +94,73 @@ def gradient_importance(
 
     with EvalMode(model), torch.inference_mode(False), torch.enable_grad():
         for group in group_rows(rows, max_batch_tokens):
-            g, le_max = len(group), max(r.length for r in group)
-            ids = torch.zeros((g, le_max), dtype=torch.long)
+            if _cache.available():
+                value, where = _group_chunked(model, group, mode, noises, noise_std, device)
+            else:  # pragma: no cover - transformers without the layered Cache
+                value, where = _group_whole(model, group, mode, noises, noise_std, device)
+            value = value[0] if score == "grad_x_input" else value[1]
             for i, r in enumerate(group):
-                ids[i, : r.length] = r.ids
-            ids = ids.to(device)
-            layout = PFinalLayout(group)
-            at = ([i for i, r in enumerate(group) for _ in range(r.need.numel())], torch.cat([r.need for r in group]))
-            with torch.no_grad():
-                e_clean = emb(ids)  # [g, L, D]
-                clean = None
-                if mode != "answer_joint":
-                    clean = layout.logits(model, head, hidden_of(body(inputs_embeds=e_clean)), *at)
-                noise = torch.zeros_like(e_clean)
-                for i, r in enumerate(group):
-                    noise[i, r.start : r.start + r.num] = noises[r.index].to(device=device, dtype=dtype) * noise_std
-            x = e_clean.detach().requires_grad_(True)
-            sal = Saliency(x)
-            noisy = layout.logits(model, head, hidden_of(body(inputs_embeds=sal.output + noise)), *at)
-            # answer_joint: dJ/de does not depend on phi_clean, the teacher is any constant
-            objective = layout.objective(noisy if clean is None else clean, noisy, mode)
-            gxi, gn = sal.backward(objective)
-            value = gxi if score == "grad_x_input" else gn
-            for i, r in enumerate(group):
-                scores[r.index, : r.num] = value[i, r.start : r.start + r.num].to(device)
+                k, o = where[i]
+                scores[r.index, : r.num] = value[k, o : o + r.num].to(device)
                 mask[r.index, : r.num] = True
-            del sal, noisy, objective, x
     return scores, mask
+
+
+def _group_chunked(model, group, mode, noises, noise_std, device):
+    """One group: clean forward (keys/values kept), then the packed noisy chunk pass on the
+    prompts' keys/values. Returns ((gxi, gn), where) with where[i] = (row, offset) of
+    group[i]'s reasoning in gxi / gn."""
+    from transformers import DynamicCache
+
+    body, head = decoder_and_head(model)
+    g, le_max = len(group), max(r.length for r in group)
+    # answer_joint needs no teacher: the prompts alone give the keys/values
+    length = le_max if mode != "answer_joint" else max(r.start for r in group)
+    ids = torch.zeros((g, length), dtype=torch.long)
+    for i, r in enumerate(group):
+        n = min(r.length, length)
+        ids[i, :n] = r.ids[:n]
+    layout = PFinalLayout(group)
+    cache = DynamicCache()
+    with torch.no_grad():
+        h = hidden_of(body(input_ids=ids.to(device), past_key_values=cache, use_cache=True))
+        clean = None
+        if mode != "answer_joint":
+            at = ([i for i, r in enumerate(group) for _ in range(r.need.numel())], torch.cat([r.need for r in group]))
+            clean = layout.logits(model, head, h, *at)
+        del h
+    rows = dict(enumerate(group))
+    order = list(range(g))
+    noisy, sal, where = noisy_chunk_logits(model, rows, order, layout, {i: noises[r.index] for i, r in rows.items()},
+                                           noise_std, cache.layers, device, with_grad=True)
+    del cache
+    # answer_joint: dJ/de does not depend on phi_clean, the teacher is any constant
+    value = sal.backward(layout.objective(noisy if clean is None else clean, noisy, mode))
+    return value, where
+
+
+def _group_whole(model, group, mode, noises, noise_std, device):  # pragma: no cover - no layered cache
+    """One group, noisy forward over the whole sequences (no prompt reuse, no packing)."""
+    emb = input_embeddings(model)
+    body, head = decoder_and_head(model)
+    dtype = emb.weight.dtype
+    g, le_max = len(group), max(r.length for r in group)
+    ids = torch.zeros((g, le_max), dtype=torch.long)
+    for i, r in enumerate(group):
+        ids[i, : r.length] = r.ids
+    ids = ids.to(device)
+    layout = PFinalLayout(group)
+    at = ([i for i, r in enumerate(group) for _ in range(r.need.numel())], torch.cat([r.need for r in group]))
+    with torch.no_grad():
+        e_clean = emb(ids)  # [g, L, D]
+        clean = None
+        if mode != "answer_joint":
+            clean = layout.logits(model, head, hidden_of(body(inputs_embeds=e_clean)), *at)
+        noise = torch.zeros_like(e_clean)
+        for i, r in enumerate(group):
+            noise[i, r.start : r.start + r.num] = noises[r.index].to(device=device, dtype=dtype) * noise_std
+    x = e_clean.detach().requires_grad_(True)
+    sal = Saliency(x)
+    noisy = layout.logits(model, head, hidden_of(body(inputs_embeds=sal.output + noise)), *at)
+    value = sal.backward(layout.objective(noisy if clean is None else clean, noisy, mode))
+    return value, {i: (i, r.start) for i, r in enumerate(group)}

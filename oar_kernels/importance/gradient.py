@@ -113,24 +113,16 @@ def _group_chunked(model, group, mode, noises, noise_std, device):
     from transformers import DynamicCache
 
     body, head = decoder_and_head(model)
-    g, le_max = len(group), max(r.length for r in group)
     # answer_joint needs no teacher: the prompts alone give the keys/values
-    length = le_max if mode != "answer_joint" else max(r.start for r in group)
-    ids = torch.zeros((g, length), dtype=torch.long)
-    for i, r in enumerate(group):
-        n = min(r.length, length)
-        ids[i, :n] = r.ids[:n]
+    length = max(r.length for r in group) if mode != "answer_joint" else max(r.start for r in group)
     layout = PFinalLayout(group)
     cache = DynamicCache()
     with torch.no_grad():
-        h = hidden_of(body(input_ids=ids.to(device), past_key_values=cache, use_cache=True))
-        clean = None
-        if mode != "answer_joint":
-            at = ([i for i, r in enumerate(group) for _ in range(r.need.numel())], torch.cat([r.need for r in group]))
-            clean = layout.logits(model, head, h, *at)
+        h = hidden_of(body(input_ids=_padded_ids(group, length).to(device), past_key_values=cache, use_cache=True))
+        clean = None if mode == "answer_joint" else layout.logits(model, head, h, *_need_index(group))
         del h
     rows = dict(enumerate(group))
-    order = list(range(g))
+    order = list(range(len(group)))
     noisy, sal, where = noisy_chunk_logits(model, rows, order, layout, {i: noises[r.index] for i, r in rows.items()},
                                            noise_std, cache.layers, device, with_grad=True)
     del cache
@@ -144,13 +136,9 @@ def _group_whole(model, group, mode, noises, noise_std, device):  # pragma: no c
     emb = input_embeddings(model)
     body, head = decoder_and_head(model)
     dtype = emb.weight.dtype
-    g, le_max = len(group), max(r.length for r in group)
-    ids = torch.zeros((g, le_max), dtype=torch.long)
-    for i, r in enumerate(group):
-        ids[i, : r.length] = r.ids
-    ids = ids.to(device)
+    ids = _padded_ids(group, max(r.length for r in group)).to(device)
     layout = PFinalLayout(group)
-    at = ([i for i, r in enumerate(group) for _ in range(r.need.numel())], torch.cat([r.need for r in group]))
+    at = _need_index(group)
     with torch.no_grad():
         e_clean = emb(ids)  # [g, L, D]
         clean = None
@@ -164,3 +152,18 @@ def _group_whole(model, group, mode, noises, noise_std, device):  # pragma: no c
     noisy = layout.logits(model, head, hidden_of(body(inputs_embeds=sal.output + noise)), *at)
     value = sal.backward(layout.objective(noisy if clean is None else clean, noisy, mode))
     return value, {i: (i, r.start) for i, r in enumerate(group)}
+
+
+def _padded_ids(group, length: int) -> torch.Tensor:
+    """[g, length] token ids of the group's scoring sequences, cut or right-padded to length."""
+    ids = torch.zeros((len(group), length), dtype=torch.long)
+    for i, r in enumerate(group):
+        n = min(r.length, length)
+        ids[i, :n] = r.ids[:n]
+    return ids
+
+
+def _need_index(group):
+    """(batch index, position) of every position P_final reads, rows in group order (the
+    layout's flat order)."""
+    return [i for i, r in enumerate(group) for _ in range(r.need.numel())], torch.cat([r.need for r in group])

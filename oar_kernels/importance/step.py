@@ -272,9 +272,9 @@ class OARGStep:
             if exact:
                 if not _reusable(cache):  # pragma: no cover - a cache without per-layer tensors
                     raise RuntimeError("kl_grad='exact' needs transformers' layered cache; use kl_grad='linearized'")
-                per_row = self._exact_kl(rows, order, layout, z_sel, generator, dim, device, cache, B)
+                per_row = self._exact_kl(rows, order, layout, z_sel, generator, dim, device, cache)
             else:
-                cot = self._cotangents(rows, order, layout, z_sel, generator, dim, device, cache, B)
+                cot = self._cotangents(rows, order, layout, z_sel, generator, dim, device, cache)
                 gxi, gn = sal.backward([z_sel], [cot], retain_graph=True)
                 value = gxi if self.score == "grad_x_input" else gn
                 per_row = {b: value[b, r.start : r.start + r.num] for b, r in rows.items()}
@@ -376,7 +376,7 @@ class OARGStep:
         return apply_head(model, head, h_sel)
 
     # ------------------------------------------------------------------------------------
-    def _cotangents(self, rows, order, layout, z_sel, generator, dim, device, cache=None, B=0) -> torch.Tensor:
+    def _cotangents(self, rows, order, layout, z_sel, generator, dim, device, cache=None) -> torch.Tensor:
         """c = dJ/dz [K, V]: at the clean logits (answer_joint) or at the noisy ones (KL modes)."""
         mode = self.mode
         if mode == "answer_joint":
@@ -386,7 +386,7 @@ class OARGStep:
             return c.to(z_sel.dtype)
         noises = {b: draw_noise(rows[b].num, dim, generator) for b in order}  # the oracle's order
         if _reusable(cache):
-            noisy = self._noisy_logits_reuse(rows, order, layout, noises, cache.layers, B, device)
+            noisy = noisy_chunk_logits(self.model, rows, order, layout, noises, self.noise_std, cache.layers, device)
         else:  # pragma: no cover - caches without per-layer tensors
             noisy = self._noisy_logits(rows, order, noises, device)
         leaf = noisy.detach().requires_grad_(True)
@@ -394,7 +394,7 @@ class OARGStep:
             (c,) = torch.autograd.grad(layout.objective(z_sel, leaf, mode), [leaf])
         return c.to(z_sel.dtype)
 
-    def _exact_kl(self, rows, order, layout, z_sel, generator, dim, device, cache, B) -> Dict[int, torch.Tensor]:
+    def _exact_kl(self, rows, order, layout, z_sel, generator, dim, device, cache) -> Dict[int, torch.Tensor]:
         """kl_grad="exact": OAR-G's own gradient at the noisy embeddings (equal to the oracle).
 
         A grad-enabled noisy forward of reasoning + conclude (+ answer) on the policy's prompt
@@ -404,15 +404,11 @@ class OARGStep:
         """
         noises = {b: draw_noise(rows[b].num, dim, generator) for b in order}  # the oracle's order
         with torch.enable_grad():
-            noisy, sal, where = self._noisy_logits_reuse(rows, order, layout, noises, cache.layers, B, device,
-                                                         with_grad=True)
+            noisy, sal, where = noisy_chunk_logits(self.model, rows, order, layout, noises, self.noise_std,
+                                                   cache.layers, device, with_grad=True)
             gxi, gn = sal.backward(layout.objective(z_sel, noisy, self.mode))
         value = gxi if self.score == "grad_x_input" else gn
         return {b: value[k, o : o + rows[b].num] for b, (k, o) in where.items()}
-
-    def _noisy_logits_reuse(self, rows, order, layout, noises, layers, B, device, with_grad=False):
-        """_noisy.noisy_chunk_logits with this step's model and noise_std."""
-        return noisy_chunk_logits(self.model, rows, order, layout, noises, self.noise_std, layers, device, with_grad)
 
     @torch.no_grad()
     def _noisy_logits(self, rows, order, noises, device) -> torch.Tensor:  # pragma: no cover - no layered cache

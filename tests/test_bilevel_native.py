@@ -8,6 +8,7 @@ kernel. The quantile's order statistics are exact (checked on their own below).
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ import oar_kernels as oar
 from oar_kernels.native import bilevel as native
 from oar_kernels.reference.bilevel import bilevel_reshape_reference
 
-pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: the native kernel cannot be built")
+pytestmark = pytest.mark.skipif(not native.available(), reason="the install built no native kernel (no C compiler at install time)")
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -169,15 +170,30 @@ def test_switch_off_falls_back_and_native_backend_errors():
     assert res.returncode == 0, res.stderr
 
 
-def test_build_failure_warns_and_falls_back(tmp_path, monkeypatch):
-    from oar_kernels.native import _build
+def test_failed_build_still_installs_with_one_warning(tmp_path):
+    """setup.py marks the C extension optional: a compiler that fails leaves a warning, exit 0
+    and no library (pip then installs the package without it)."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, CC="false")  # a "compiler" that always fails
+    res = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(tmp_path / "lib"),
+                          "--build-temp", str(tmp_path / "tmp")], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    warnings = [l for l in (res.stdout + res.stderr).splitlines() if "oar_kernels.native._bilevel" in l and "failed" in l]
+    assert len(warnings) == 1, res.stdout + res.stderr
+    assert not list(tmp_path.rglob("_bilevel*"))
 
-    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
-    monkeypatch.setenv("OAR_KERNELS_CACHE", str(tmp_path))
-    monkeypatch.setattr(_build, "_loaded", {})
-    with pytest.warns(RuntimeWarning, match="falling back"):
-        assert _build.load("bilevel") is None
-    assert not list((tmp_path / "native").glob("*.so"))  # no half-written library left behind
+
+def test_missing_library_falls_back_to_torch(monkeypatch):
+    from oar_kernels.native import _lib
+
+    monkeypatch.setattr(_lib, "_loaded", {})
+    monkeypatch.setattr(_lib, "library_path", lambda name: None)
+    assert not native.available()
+    s, m = torch.rand(3, 7), torch.ones(3, 7, dtype=torch.bool)
+    torch.testing.assert_close(oar.bilevel_reshape(s, m), bilevel_reshape_reference(s, m), **TOL)
+    with pytest.raises(ValueError, match="backend"):
+        oar.bilevel_reshape(s, m, backend="native")
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

@@ -1,7 +1,7 @@
-"""Plain-C CPU kernels, built with the system's C compiler on first use (see _build.py).
+"""Plain-C CPU kernels (sources in csrc/), built when the package is installed (see _lib.py).
 
-Each op keeps a torch path; these only replace it on CPU where a compiler is present.
+Each op keeps a torch path; these only replace it on CPU where the install built them.
 """
-from ._build import ENV_SWITCH, enabled, load
+from ._lib import ENV_SWITCH, enabled, library_path, load
 
-__all__ = ["ENV_SWITCH", "enabled", "load"]
+__all__ = ["ENV_SWITCH", "enabled", "library_path", "load"]

@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from ._build import load
+from ._lib import load
 
 _PARALLEL_MIN_ELEMENTS = 1 << 16  # below this, thread hand-off costs more than it saves
 _pool: Optional[ThreadPoolExecutor] = None
@@ -28,7 +28,7 @@ def _lib():
 
 
 def available() -> bool:
-    """True when the C kernel is built (or can be) and not switched off."""
+    """True when the install built the C kernel and OAR_KERNELS_NATIVE does not switch it off."""
     return _lib() is not None
 
 

@@ -60,8 +60,8 @@ def bilevel_reshape(
         if scores.device.type != "cpu":
             raise ValueError(f"backend: 'native' runs on CPU tensors, got scores on {scores.device}")
         if not available():
-            raise ValueError("backend: 'native' is unavailable here (no C compiler found, a failed build, "
-                             "or OAR_KERNELS_NATIVE=0); use 'auto' or 'torch'")
+            raise ValueError("backend: 'native' is unavailable here (the install built no C kernel: no compiler "
+                             "then, or a failed build; or OAR_KERNELS_NATIVE=0); use 'auto' or 'torch'")
         # the kernel checks that masked scores are finite as it reads them (ValueError)
         return bilevel_reshape_native(scores, mask, tau, beta, floor, sum_to_len)
     # Cheap common case first: a finite sum proves every element finite (NaN and Inf

@@ -10,7 +10,7 @@
      -fno-trapping-math, which lets it if-convert, and -fopenmp-simd for the reductions).
 
    Plain C99 with no Python or torch headers, so any C compiler builds it in well under a
-   second (oar_kernels/native/_build.py), and the caller can run row ranges on several
+   second when the package is installed (setup.py), and the caller can run row ranges on several
    threads (ctypes releases the GIL).  */
 #include <math.h>
 #include <stdint.h>

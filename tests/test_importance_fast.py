@@ -295,7 +295,7 @@ def test_step_noisy_pass_packs_short_chunks(arch, kl_grad):
     batch_rows = []
     hook = m.get_decoder().register_forward_hook(
         lambda mod, i, kw, o: batch_rows.append(kw["inputs_embeds"].shape[0]) if kw.get("inputs_embeds") is not None
-        and kw.get("past_key_values") is not None and kw.get("attention_mask") is not None else None, with_kwargs=True)
+        and any(kw.get(k) is not None for k in ("cache", "past_key_values")) and kw.get("attention_mask") is not None else None, with_kwargs=True)
     # linearized: a relative O(noise_std) away from the oracle (test_step_linearized_kl)
     kw = dict(noise_std=1e-2) if kl_grad == "exact" else dict(noise_std=1e-4, score="grad_norm")
     try:
@@ -368,7 +368,7 @@ def test_step_reads_shared_continuation_without_branch(mode, tok):
     resps.append(torch.cat([base[0].reasoning_ids, torch.tensor([1])]))
     m = make_model("llama", dtype=torch.float64).train()
     calls = []
-    hook = m.model.register_forward_pre_hook(lambda mod, args, kw: calls.append(kw.get("past_key_values") is not None
+    hook = m.model.register_forward_pre_hook(lambda mod, args, kw: calls.append(any(kw.get(k) is not None for k in ("cache", "past_key_values"))
                                                                                 and kw.get("input_ids") is not None),
                                              with_kwargs=True)
     try:

@@ -11,6 +11,7 @@ Built on transformers' layered Cache API (>= 4.56); `available()` says whether i
 from __future__ import annotations
 
 import functools
+import inspect
 
 try:  # transformers >= 4.56: Cache is a list of CacheLayerMixin
     from transformers.cache_utils import Cache, CacheLayerMixin
@@ -86,3 +87,16 @@ def prefix_cache(extra: int):
     """A Cache whose layers (made lazily, one per decoder layer) keep the first forward as
     prefix and have `extra` scratch slots after it."""
     return Cache(layer_class_to_replicate=functools.partial(PrefixScratchLayer, extra))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_argument(forward) -> str:
+    params = inspect.signature(forward).parameters
+    # transformers renamed `past_key_values` to `cache` (the old name warns, and goes in 5.40);
+    # models not yet migrated, and older releases, take the old name.
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_kwargs(module, cache) -> dict:
+    """The keyword that hands `cache` to `module`'s forward, under the name it takes."""
+    return {_cache_argument(type(module).forward): cache}

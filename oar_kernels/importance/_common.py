@@ -4,6 +4,7 @@ Positions follow `Segments.sequence(with_answer)`: the prompt starts at 0, reaso
 sits at `reasoning_start + t`, answer token j at `answer_start + j`. P_final needs logits at
 
     last:            [answer_start - 1]                       (1 position)
+    last_after_answer: [answer_start + A - 1]                 (1 position, the last answer token)
     answer_mean/joint: [answer_start - 1, ..., answer_start + A - 2]  (A positions)
 
 so nothing after the last of them is ever fed to the model ("effective length" Le).
@@ -137,6 +138,9 @@ def make_row(b: int, seg: Segments, mode: str) -> Row:
     if mode == "last":
         need = torch.tensor([a0 - 1])
         answer = None
+    elif mode == "last_after_answer":
+        need = torch.tensor([a0 + int(seg.answer_ids.numel()) - 1])
+        answer = None
     else:
         n = int(seg.answer_ids.numel())
         need = torch.arange(a0 - 1, a0 - 1 + n)
@@ -189,11 +193,11 @@ def math_dtype(dtype: torch.dtype) -> torch.dtype:
 def outcome(logits: torch.Tensor, mode: str, answer: Optional[torch.Tensor]) -> torch.Tensor:
     """P_final from logits [..., k, V] at the needed positions of one response.
 
-    Returns log P_final [..., V] (last: k = 1; answer_mean: log softmax of the mean logits) or
+    Returns log P_final [..., V] (last, last_after_answer: k = 1; answer_mean: log softmax of the mean logits) or
     phi [...] (answer_joint: mean log-prob of the k = A answer tokens).
     """
     z = logits.to(math_dtype(logits.dtype))
-    if mode == "last":
+    if mode in ("last", "last_after_answer"):
         return torch.log_softmax(z[..., 0, :], dim=-1)
     if mode == "answer_mean":
         return torch.log_softmax(z.mean(dim=-2), dim=-1)

@@ -80,6 +80,6 @@ def noisy_chunk_logits(model, rows, order, layout, noises, noise_std: float, lay
     pi = torch.cat([rows[b].need - rows[b].start + where[b][1] for b in order])
     with torch.set_grad_enabled(with_grad):
         h = hidden_of(body(inputs_embeds=x + noise, attention_mask=mask4[:, None].to(device),
-                           position_ids=pos.to(device), past_key_values=scratch, use_cache=True))
+                           position_ids=pos.to(device), use_cache=True, **_cache.cache_kwargs(body, scratch)))
         out = layout.logits(model, head, h, bi, pi)
     return (out, sal, where) if with_grad else out

@@ -118,7 +118,8 @@ def _group_chunked(model, group, mode, noises, noise_std, device):
     layout = PFinalLayout(group)
     cache = DynamicCache()
     with torch.no_grad():
-        h = hidden_of(body(input_ids=_padded_ids(group, length).to(device), past_key_values=cache, use_cache=True))
+        h = hidden_of(body(input_ids=_padded_ids(group, length).to(device), use_cache=True,
+                         **_cache.cache_kwargs(body, cache)))
         clean = None if mode == "answer_joint" else layout.logits(model, head, h, *_need_index(group))
         del h
     rows = dict(enumerate(group))

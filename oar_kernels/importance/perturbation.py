@@ -76,8 +76,8 @@ class _Body:
             input_ids=ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=cache is not None,
+            **_cache.cache_kwargs(self.body, cache),
         )
         return hidden_of(out)
 

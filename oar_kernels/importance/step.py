@@ -15,7 +15,7 @@ How one forward serves both (docs/importance.md has the full argument):
 * The scoring sequence prompt + reasoning + conclude (+ answer) shares its first P + R
   tokens with the policy row. Its remaining tokens (conclude, answer without its last token:
   a short "branch") run as a continuation of the same forward: a second, small decoder call
-  with past_key_values = the policy's keys/values, an explicit 4-D mask that lets branch
+  with the cache = the policy's keys/values, an explicit 4-D mask that lets branch
   token j see policy positions < P + R only (and the branch causally) and position ids
   P + R + j. Gradients flow from the branch back into the policy forward's graph. A row whose
   response itself goes on with exactly the branch tokens needs none: its policy states are the
@@ -238,7 +238,8 @@ class OARGStep:
         from transformers import DynamicCache
 
         cache = DynamicCache()
-        hidden = hidden_of(body(inputs_embeds=e if exact else sal.output, past_key_values=cache, use_cache=True))
+        hidden = hidden_of(body(inputs_embeds=e if exact else sal.output, use_cache=True,
+                                   **_cache.cache_kwargs(body, cache)))
         # response token j of row b sits at P_b + j and is predicted at P_b + j - 1
         pred = torch.tensor(P)[:, None] - 1 + torch.arange(N)[None, :]
         mask = torch.arange(N)[None, :] < torch.tensor(Nr)[:, None]
@@ -347,8 +348,8 @@ class OARGStep:
                 input_ids=b_ids.to(device),
                 attention_mask=mask4[:, None].to(device),
                 position_ids=b_pos.to(device),
-                past_key_values=cache,
                 use_cache=True,
+                **_cache.cache_kwargs(body, cache),
             )
             h_branch = hidden_of(out)  # [B, Q, D]
         # flat position k of P_final reads the policy states or the branch's: gather each source

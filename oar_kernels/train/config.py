@@ -75,7 +75,12 @@ class TrainConfig:
     floor: float = _f(0.1, "smallest weight of a suppressed token (before rescaling), in [0, 1]")
     sum_to_len: bool = _f(True, "rescale each response's reasoning weights to mean 1")
     pfinal_mode: str = _f("auto", "P_final: 'auto' (answer_mean for oar-g, last for oar-p), last, answer_mean, "
-                          "answer_joint", ("auto", "last", "answer_mean", "answer_joint"))
+                          "answer_joint, last_after_answer (the authors' OAR-G 'last': after the appended answer)",
+                          ("auto", "last", "answer_mean", "answer_joint", "last_after_answer"))
+    answer_source: str = _f("response", "the answer P_final's answer modes condition on: 'response' (each "
+                            "response's own extracted answer; responses without one keep weight 1) or 'reference' "
+                            "(the data's answer, as the authors' code; every response is scored)",
+                            ("response", "reference"))
     noise_std: float = _f(1e-3, "OAR-G: std of the Gaussian noise on reasoning embeddings")
     oarg_step: str = _f("auto", "OAR-G: 'one-forward' (importance.OARGStep: the update's own forward also yields "
                         "the saliency; single process), 'separate' (gradient_importance before the update), 'auto' "
@@ -84,7 +89,8 @@ class TrainConfig:
     conclude_text: str = _f("auto", "text appended after the reasoning to ask for the final answer; 'auto': the "
                             "built-in task's own 'The answer is ' (its responses end in 'The answer is N.', so "
                             f"the scoring sequence is the response itself), else {DEFAULT_CONCLUDE_TEXT!r}")
-    perturb_token: Optional[int] = _f(None, "OAR-P: token id that replaces each reasoning token (default: pad, else EOS)")
+    perturb_token: Optional[int] = _f(None, "OAR-P: token id that replaces each reasoning token (default: the model "
+                                      "config's pad_token_id, else its eos_token_id)")
     max_batch_tokens: int = _f(8192, "OAR-P: tokens per scoring forward")
     # evaluation, logging, checkpoints
     output_dir: str = _f("", "run directory (default: runs/<algo>-seed<seed>)")
@@ -211,7 +217,10 @@ def load_config_file(path: str) -> Dict[str, Any]:
     with open(path, "rb") as f:
         raw = f.read()
     if path.endswith(".toml"):
-        import tomllib
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10: the same parser as a package (setup.py installs it there)
+            import tomli as tomllib
 
         try:
             data = tomllib.loads(raw.decode("utf-8"))

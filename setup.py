@@ -3,14 +3,39 @@
 torch is required but never pinned to a CUDA wheel here: on a machine that already has torch
 the installed build satisfies the range and nothing is replaced. Install torch first (the
 CPU build or the CUDA build you want), then this project.
+
+The C sources in csrc/ are built into oar_kernels/native/ during the install (plain C, loaded
+with ctypes, no Python API: see oar_kernels/native/_lib.py). The extension is optional: without
+a C compiler, or when the build fails, setuptools prints one warning, the install goes on, and
+the ops use their torch path. Nothing is compiled at run time.
+
+Why each bound (docs/installing.md has the table):
+- torch >= 2.6: FSDP2's public `torch.distributed.fsdp.fully_shard` (the trainer's --fsdp).
+- transformers >= 4.56, < 6: the layered Cache API (CacheLayerMixin) that OAR-P's prefix cache
+  and OAR-G's packed noisy pass build on, and `from_pretrained(dtype=...)`; the major version
+  above is unknown.
+- triton >= 3.0 on Linux only (no wheels elsewhere; every CPU path works without it):
+  `triton.language.extra.libdevice`, `tl.dot(input_precision=...)`.
 """
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 here = Path(__file__).parent
 version = {}
 exec((here / "oar_kernels" / "_version.py").read_text(), version)
+
+native_kernels = [
+    Extension(
+        "oar_kernels.native._bilevel",
+        sources=["csrc/bilevel.c"],
+        # -fno-trapping-math lets the compiler if-convert the branch-free loops, -fopenmp-simd
+        # vectorize the reductions; both only change what is legal to reorder, not the math.
+        extra_compile_args=["-O3", "-std=c99", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"],
+        libraries=["m"],
+        optional=True,
+    )
+]
 
 setup(
     name="oar_kernels",
@@ -24,20 +49,24 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["oar_kernels", "oar_kernels.*"]),
-    package_data={"oar_kernels.native": ["*.c"]},  # compiled on first use (oar_kernels/native/_build.py)
+    # the default job's policy ships with the package (oar_kernels/models/default_policy/)
+    package_data={"oar_kernels.models": ["default_policy/*"]},
+    ext_modules=native_kernels,
     install_requires=[
-        "torch>=2.4",
-        "triton>=3.0",
-        "transformers>=4.46",
-        "liger-kernel>=0.6",
+        "torch>=2.6",
+        "triton>=3.0; sys_platform == 'linux'",
+        "transformers>=4.56,<6",
         "numpy",
         "math-verify>=0.7",
         "tqdm",
         "matplotlib",
         "pyyaml",
+        "tomli>=1.1; python_version < '3.11'",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "scipy", "tokenizers", "trl>=1.16,<2", "accelerate", "datasets"],
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "scipy", "tokenizers", "liger-kernel>=0.6", "trl>=1.16,<2",
+                "accelerate", "datasets"],
+        "bench": ["liger-kernel>=0.6", "trl>=1.16,<2", "accelerate", "datasets"],
         "vllm": ["vllm"],
         "trl": ["trl>=1.16,<2", "accelerate", "datasets"],
         "data": ["datasets"],

@@ -116,6 +116,7 @@ def build_segments(
     extractor: AnswerExtractor = extract_answer,
     conclude_text: str = DEFAULT_CONCLUDE_TEXT,
     response_text: Optional[str] = None,
+    reference_answer: Optional[str] = None,
 ) -> Segments:
     """Splits one response into Segments.
 
@@ -129,8 +130,14 @@ def build_segments(
         response_text: the decoded response, if the caller already has it; it must equal
             ``tokenizer.decode(response_ids, skip_special_tokens=True,
             clean_up_tokenization_spaces=False)`` since answer offsets index into it.
+        reference_answer: which answer the answer modes condition on. None (default): the
+            response's own extracted answer. A string or number (the reference answer from the data, as
+            the authors' code does): answer_ids are its tokens, for every response, including
+            one without an extractable answer (its whole response is then reasoning); the
+            reasoning boundary and answer_text still come from the response's own answer.
 
-    Where no answer is found the whole response is reasoning and answer_ids is empty.
+    Where no answer is found the whole response is reasoning; answer_ids is empty unless a
+    reference_answer is given.
     """
     prompt = _as_ids("prompt_ids", prompt_ids)
     response = _as_ids("response_ids", response_ids).tolist()
@@ -141,13 +148,20 @@ def build_segments(
         text = tokenizer.decode(response, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     span: Optional[AnswerSpan] = extractor(text)
     conclude = tokenizer.encode(conclude_text, add_special_tokens=False)
+    if reference_answer is not None:
+        if not isinstance(reference_answer, str):
+            reference_answer = str(reference_answer)
+        reference = reference_answer.strip()
+        if not reference:
+            raise ValueError("reference_answer: expected a non-empty answer string or None")
     if span is None:
         # Drop trailing special tokens (EOS, pad) from the reasoning: they carry no reasoning.
         special = set(getattr(tokenizer, "all_special_ids", []) or [])
         end = len(response)
         while end and response[end - 1] in special:
             end -= 1
-        return Segments(prompt, response[:end], conclude, [], answer_text=None)
+        answer = [] if reference_answer is None else tokenizer.encode(reference, add_special_tokens=False)
+        return Segments(prompt, response[:end], conclude, answer, answer_text=None)
     k = reasoning_length(tokenizer, response, span.start)
-    answer = tokenizer.encode(span.text, add_special_tokens=False)
+    answer = tokenizer.encode(span.text if reference_answer is None else reference, add_special_tokens=False)
     return Segments(prompt, response[:k], conclude, answer, answer_text=span.text)

@@ -50,7 +50,7 @@ except ImportError as _err:  # pragma: no cover - exercised only without trl
     ) from _err
 
 from ..answers import AnswerSpan, extract_answer
-from ..reference.importance import EvalMode
+from ..reference.importance import MODES as _MODES, EvalMode
 from ..segments import DEFAULT_CONCLUDE_TEXT, Segments, build_segments
 
 # TRL releases this adapter was written and tested against: [min, max).
@@ -59,7 +59,8 @@ MAX_TRL_VERSION = "2.0.0"
 ALLOW_ANY_TRL_ENV = "OAR_KERNELS_ALLOW_ANY_TRL"
 
 ALGOS = ("oar-g", "oar-p")
-PFINAL_MODES = ("last", "answer_mean", "answer_joint")
+PFINAL_MODES = _MODES  # last, answer_mean, answer_joint, last_after_answer
+ANSWER_SOURCES = ("response", "reference")
 GRAD_SCORES = ("grad_x_input", "grad_norm")
 DEFAULT_EXTRACTOR = "oar_kernels.answers.extract_answer"
 
@@ -150,8 +151,16 @@ class OARConfig(GRPOConfig):
     oar_tau, oar_beta, oar_floor: Bi-Level reshaping (OAR_SPEC.md section 5): quantile level
         splitting suppressed from boosted tokens, boost strength, smallest suppressed weight.
         oar_tau = 0 and oar_beta = 0 give weight 1 everywhere (plain GRPO).
-    oar_pfinal_mode: "last", "answer_mean" or "answer_joint"; None picks the recommended one
-        ("answer_mean" for oar-g, "last" for oar-p).
+    oar_pfinal_mode: "last", "answer_mean", "answer_joint" or "last_after_answer" (the
+        authors' OAR-G `last`: the next-token distribution after the appended answer); None
+        picks the recommended one ("answer_mean" for oar-g, "last" for oar-p).
+    oar_answer_source: which answer the answer modes condition on: "response" (default: each
+        completion's own extracted answer; completions without one keep weight 1) or
+        "reference" (the data set's answer, column oar_reference_column, as the authors' code
+        does; every completion with reasoning is scored).
+    oar_reference_column: the data set column holding the reference answer.
+    oar_perturb_token: OAR-P's perturbation token; None: the model config's pad_token_id,
+        else its eos_token_id (the rule of oar.perturbation_importance and the trainer).
     oar_noise_std: OAR-G's embedding noise; oar_score: OAR-G's "grad_x_input" or "grad_norm".
     oar_max_batch_tokens: token budget of one batched scoring forward (None: the estimator's
         default).
@@ -171,6 +180,16 @@ class OARConfig(GRPOConfig):
     )
     oar_noise_std: float = field(default=1e-3, metadata={"help": "OAR-G embedding noise std, >= 0."})
     oar_score: str = field(default="grad_x_input", metadata={"help": "OAR-G saliency: 'grad_x_input' or 'grad_norm'."})
+    oar_answer_source: str = field(
+        default="response",
+        metadata={"help": "Answer the answer modes condition on: 'response' (own extracted) or 'reference'."},
+    )
+    oar_reference_column: str = field(
+        default="answer", metadata={"help": "Data set column of the reference answer (oar_answer_source='reference')."}
+    )
+    oar_perturb_token: Optional[int] = field(
+        default=None, metadata={"help": "OAR-P perturbation token id (None: config pad_token_id, else eos_token_id)."}
+    )
     oar_max_batch_tokens: Optional[int] = field(
         default=None, metadata={"help": "Tokens per batched scoring forward (None: the estimator's default)."}
     )
@@ -197,6 +216,15 @@ class OARConfig(GRPOConfig):
             raise ValueError(
                 f"oar_pfinal_mode: expected None or one of {list(PFINAL_MODES)}, got {self.oar_pfinal_mode!r}"
             )
+        if self.oar_answer_source not in ANSWER_SOURCES:
+            raise ValueError(
+                f"oar_answer_source: expected one of {list(ANSWER_SOURCES)}, got {self.oar_answer_source!r}"
+            )
+        if not isinstance(self.oar_reference_column, str) or not self.oar_reference_column:
+            raise ValueError(f"oar_reference_column: expected a column name, got {self.oar_reference_column!r}")
+        t = self.oar_perturb_token
+        if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 0):
+            raise ValueError(f"oar_perturb_token: expected None or a token id >= 0, got {t!r}")
         if self.oar_score not in GRAD_SCORES:
             raise ValueError(f"oar_score: expected one of {list(GRAD_SCORES)}, got {self.oar_score!r}")
         m = self.oar_max_batch_tokens
@@ -260,7 +288,16 @@ class OARGRPOTrainer(GRPOTrainer):
                     f"OARGRPOTrainer: expected TRL's per-sequence advantages [B], got shape "
                     f"{list(advantages.shape)}; is another subclass already reshaping them?"
                 )
-            weights, stats = self.oar_weights(batch)
+            references = None
+            if self.args.oar_answer_source == "reference":
+                column = self.args.oar_reference_column
+                if any(column not in x for x in inputs):
+                    raise ValueError(
+                        f"oar_answer_source='reference': the data set has no column {column!r} "
+                        "(set oar_reference_column)"
+                    )
+                references = [x[column] for x in inputs]
+            weights, stats = self.oar_weights(batch, references)
             batch["advantages"] = advantages.unsqueeze(1) * weights.to(advantages.dtype)
             stats[-1] = time.perf_counter() - start
             self._log_oar_metrics(stats, "train")
@@ -268,11 +305,12 @@ class OARGRPOTrainer(GRPOTrainer):
 
     # -- OAR weights --------------------------------------------------------------------
 
-    def oar_segments(self, batch) -> Tuple[List[int], List[Segments]]:
+    def oar_segments(self, batch, references: Optional[list] = None) -> Tuple[List[int], List[Segments]]:
         """(rows, segments) of the completions of `batch` that OAR scores.
 
         A completion is scored when it has a non-zero advantage, at least one loss token, an
-        extractable answer with a non-empty reasoning before it, and a scoring sequence that
+        extractable answer (with references, one per row: the reference answer instead, for
+        every completion) with a non-empty reasoning before it, and a scoring sequence that
         fits the model's context.
         """
         args = self.args
@@ -284,6 +322,8 @@ class OARGRPOTrainer(GRPOTrainer):
         config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
         max_len = getattr(config, "max_position_embeddings", None)
         with_answer = args.oar_pfinal_mode != "last"
+        if references is not None and len(references) != len(lengths):
+            raise ValueError(f"references: expected {len(lengths)} answers (one per completion), got {len(references)}")
         rows, segments = [], []
         for b, (length, adv) in enumerate(zip(lengths, advantages)):
             if length <= 0 or adv == 0:
@@ -294,8 +334,9 @@ class OARGRPOTrainer(GRPOTrainer):
                 tokenizer,
                 extractor=self._oar_extractor,
                 conclude_text=args.oar_conclude_text,
+                reference_answer=None if references is None else references[b],
             )
-            if seg.answer_text is None or seg.num_reasoning == 0:
+            if (seg.answer_text is None and references is None) or seg.num_reasoning == 0:
                 continue
             if max_len is not None and seg.sequence(with_answer).numel() > max_len:
                 continue
@@ -322,10 +363,10 @@ class OARGRPOTrainer(GRPOTrainer):
                 )
             with torch.no_grad():
                 return oar.perturbation_importance(
-                    model, segments, mode=args.oar_pfinal_mode, perturb_token=self._perturb_token(), **kwargs
+                    model, segments, mode=args.oar_pfinal_mode, perturb_token=args.oar_perturb_token, **kwargs
                 )
 
-    def oar_weights(self, batch) -> Tuple[torch.Tensor, List[float]]:
+    def oar_weights(self, batch, references: Optional[list] = None) -> Tuple[torch.Tensor, List[float]]:
         """OAR weights [B, T] (float32, on the batch's device) for the completions of `batch`.
 
         Reasoning positions of scored completions get the Bi-Level weights; every other position
@@ -337,7 +378,7 @@ class OARGRPOTrainer(GRPOTrainer):
         completion_ids = batch["completion_ids"]
         B, T = completion_ids.shape
         weights = torch.ones(B, T, dtype=torch.float32, device=completion_ids.device)
-        rows, segments = self.oar_segments(batch)
+        rows, segments = self.oar_segments(batch, references)
         # stats: w sum, w^2 sum, count, min, max, suppressed count, scored rows, rows, seconds
         stats = [0.0, 0.0, 0.0, math.inf, -math.inf, 0.0, float(len(rows)), float(B), 0.0]
         if not rows:
@@ -364,13 +405,6 @@ class OARGRPOTrainer(GRPOTrainer):
             gen.manual_seed(int(self.args.seed) * 1000003 + int(self.accelerator.process_index))
             self._oar_generator = gen
         return self._oar_generator
-
-    def _perturb_token(self) -> Optional[int]:
-        tokenizer = getattr(self, "_tokenizer", None) or self.processing_class
-        for tok_id in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
-            if tok_id is not None:
-                return int(tok_id)
-        return None  # the estimator falls back on the model config
 
     def _log_oar_metrics(self, stats: List[float], mode: str) -> None:
         device = self.accelerator.device

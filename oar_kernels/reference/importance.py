@@ -44,7 +44,9 @@ import torch
 from .._checks import check_choice, check_number
 from ..segments import Segments
 
-MODES = ("last", "answer_mean", "answer_joint")
+# "last_after_answer": the next-token distribution after the appended answer (what the authors'
+# OAR-G reads for its `last`; "last" reads after the conclude text, the paper's description).
+MODES = ("last", "answer_mean", "answer_joint", "last_after_answer")
 SCORES = ("grad_x_input", "grad_norm")
 _LOG_EPS = 1e-12  # OAR-G's KL uses log(p + 1e-12), as in the spec
 
@@ -58,6 +60,11 @@ _LOG_EPS = 1e-12  # OAR-G's KL uses log(p + 1e-12), as in the spec
 def last_logits(logits: torch.Tensor, seg: Segments) -> torch.Tensor:
     """Logits [..., V] at the last position of prompt + reasoning + conclude."""
     return logits[..., seg.answer_start - 1, :]
+
+
+def after_answer_logits(logits: torch.Tensor, seg: Segments) -> torch.Tensor:
+    """Logits [..., V] at the last answer token of prompt + reasoning + conclude + answer."""
+    return logits[..., seg.answer_start + int(seg.answer_ids.numel()) - 1, :]
 
 
 def answer_logits(logits: torch.Tensor, seg: Segments) -> torch.Tensor:
@@ -91,6 +98,8 @@ def p_final(logits: torch.Tensor, seg: Segments, mode: str) -> torch.Tensor:
     """log P_final [..., V] for the KL modes, phi [...] for answer_joint."""
     if mode == "last":
         return p_final_last(logits, seg)
+    if mode == "last_after_answer":
+        return torch.log_softmax(after_answer_logits(logits, seg), dim=-1)
     if mode == "answer_mean":
         return p_final_answer_mean(logits, seg)
     return phi_answer_joint(logits, seg)
@@ -143,7 +152,8 @@ def check_lengths(model, segments: Sequence[Segments], with_answer: bool, vocab:
 
 
 def is_scored(seg: Segments, mode: str) -> bool:
-    """Rows with no reasoning, or no answer in the answer_* modes, are not scored (weights 1)."""
+    """Rows with no reasoning, or no answer in the modes that read it (all but "last"), are not
+    scored (weights 1)."""
     if seg.num_reasoning == 0:
         return False
     return mode == "last" or seg.answer_ids.numel() > 0
@@ -346,6 +356,7 @@ def gradient_importance_naive(
 
 __all__ = [
     "MODES",
+    "after_answer_logits",
     "SCORES",
     "answer_logits",
     "default_perturb_token",

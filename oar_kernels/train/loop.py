@@ -313,15 +313,20 @@ def full_parameters(model, cfg: TrainConfig, dist: Dist):
             u.reshard()
 
 
-def scored_segments(rows, adv, tokenizer, cfg):
-    """(indices, Segments) of the rows OAR scores: nonzero advantage, an extractable answer and
-    some reasoning. Every other row keeps weight 1 at every position."""
+def scored_segments(rows, adv, tokenizer, cfg, answers=None):
+    """(indices, Segments) of the rows OAR scores: nonzero advantage, an extractable answer (with
+    cfg.answer_source 'reference': the data's answer `answers[i]` instead, every row) and some
+    reasoning. Every other row keeps weight 1 at every position."""
     picked, segs = [], []
+    reference = getattr(cfg, "answer_source", "response") == "reference"
+    if reference and answers is None:
+        raise ValueError("answer_source 'reference': scored_segments needs the data's answers")
     for i, (p, resp, text, _) in enumerate(rows):
         if float(adv[i]) == 0.0:
             continue
-        seg = build_segments(p, resp, tokenizer, conclude_text=cfg.resolved_conclude_text(), response_text=text)
-        if seg.answer_text is None or seg.num_reasoning == 0:
+        seg = build_segments(p, resp, tokenizer, conclude_text=cfg.resolved_conclude_text(), response_text=text,
+                             reference_answer=answers[i] if reference else None)
+        if (seg.answer_text is None and not reference) or seg.num_reasoning == 0:
             continue  # no extractable answer: every position keeps weight 1
         picked.append(i)
         segs.append(seg)
@@ -340,7 +345,7 @@ def use_oarg_step(cfg: TrainConfig, dist: Dist) -> bool:
     return True
 
 
-def oar_weights(model, tokenizer, rows, adv, cfg, seed, stats):
+def oar_weights(model, tokenizer, rows, adv, cfg, seed, stats, answers=None):
     """[len(rows), C] weights on response positions: Bi-Level weights on each response's
     reasoning prefix, 1 elsewhere and for responses with no answer or zero advantage."""
     C = max(max(len(r[1]) for r in rows), 1)
@@ -348,7 +353,7 @@ def oar_weights(model, tokenizer, rows, adv, cfg, seed, stats):
     reasoning = torch.zeros((len(rows), C), dtype=torch.bool)
     if cfg.algo == "grpo":
         return weights, reasoning
-    picked, segs = scored_segments(rows, adv, tokenizer, cfg)
+    picked, segs = scored_segments(rows, adv, tokenizer, cfg, answers)
     stats["oar_responses"] = float(len(picked))
     if not segs:
         return weights, reasoning
@@ -407,7 +412,7 @@ def train_step(step, model, wrapped, ref_model, opt, sched, tokenizer, task, rew
     per_chunk = gbs * G
     one_forward = use_oarg_step(cfg, dist)
     if one_forward:  # the saliency comes with the update's forward (section 4); segments only here
-        picked, segs = scored_segments(rows, adv, tokenizer, cfg)
+        picked, segs = scored_segments(rows, adv, tokenizer, cfg, answers)
         stats["oar_responses"] = float(len(picked))
         empty = torch.zeros(0, dtype=torch.long)
         row_segs = [Segments(torch.as_tensor(r[0], dtype=torch.long), empty, empty, empty) for r in rows]
@@ -418,7 +423,7 @@ def train_step(step, model, wrapped, ref_model, opt, sched, tokenizer, task, rew
             stats_c: Dict[str, float] = {}
             noise_seed = derive_seed(cfg.seed, step, "noise", (dist.rank * P_local) // gbs + c)
             w, rm = oar_weights(model, tokenizer, rows[r0 : r0 + per_chunk], adv[r0 : r0 + per_chunk], cfg,
-                                noise_seed, stats_c)
+                                noise_seed, stats_c, answers[r0 : r0 + per_chunk])
             stats["oar_responses"] += stats_c.get("oar_responses", 0.0)
             weights_parts.append(w)
             reasoning_parts.append(rm)

@@ -4,6 +4,10 @@
     gradient_importance(model, segments, mode="answer_mean")     # OAR-G, batched
     OARGStep(model, ...)(segments, response_ids) / oarg_step(...) # OAR-G in the training step
 """
+from .._deps import require_transformers
+
+require_transformers()  # one clear message for a missing or unsupported transformers
+
 from importlib import import_module
 
 _EXPORTS = {

@@ -10,15 +10,9 @@ import os
 
 import torch
 
+from .._deps import triton_available, warn_cuda_without_triton
+
 BACKENDS = ("auto", "triton", "torch")
-
-
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except Exception:  # pragma: no cover - triton is a hard dependency, but be kind
-        return False
-    return True
 
 
 def interpreter_on() -> bool:
@@ -32,9 +26,15 @@ def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
     if backend == "torch":
         return "torch"
     if backend == "auto":
-        return "triton" if tensor.is_cuda and triton_available() else "torch"
+        if not tensor.is_cuda:
+            return "torch"
+        if triton_available():
+            return "triton"
+        warn_cuda_without_triton()
+        return "torch"
     if not triton_available():
-        raise ValueError("backend: 'triton' requested but triton cannot be imported")
+        raise ValueError("backend: 'triton' requested but triton is not installed: pip install triton "
+                         "(Linux only), or use backend='torch'")
     if not tensor.is_cuda and not interpreter_on():
         raise ValueError(
             "backend: 'triton' on CPU tensors needs Triton's interpreter; set TRITON_INTERPRET=1 "

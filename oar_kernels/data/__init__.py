@@ -3,6 +3,7 @@
     task = load_task("arithmetic")          # generated, unlimited, held-out split
     task = load_task("data/train.jsonl")    # local JSONL with question/answer fields
     task = load_task("hf:gsm8k")            # through `datasets` (optional dependency)
+    task = load_task("gsm_symbolic")        # GSM8K-template problems from reasoning-gym, offline (optional)
 
 Every task has train_example(seed, index) -> Example and eval_examples(n) -> [Example].
 """
@@ -31,6 +32,7 @@ def load_task(spec: str, eval_dataset: Optional[str] = None, eval_size: int = 20
     "arithmetic" or "arithmetic:MIN-MAX" (terms per problem): the generated task.
     "*.jsonl" / "jsonl:PATH": a local JSONL file.
     "hf:NAME[:CONFIG]", "gsm8k", "math": a `datasets` data set.
+    "gsm_symbolic[:SIZE]", "rg:NAME[:SIZE]": problems generated offline by reasoning-gym.
     """
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"dataset: expected a non-empty string, got {spec!r}")
@@ -44,6 +46,11 @@ def load_task(spec: str, eval_dataset: Optional[str] = None, eval_size: int = 20
                 raise ValueError(f"dataset: need 2 <= MIN <= MAX terms, got {spec!r}")
             return ArithmeticTask(min_terms=lo, max_terms=hi)
         return ArithmeticTask()
+    from .reasoning_gym import load_reasoning_gym_task, parse_spec
+
+    rg = parse_spec(spec)
+    if rg is not None:
+        return load_reasoning_gym_task(rg[0], rg[1], eval_size)
     if spec.startswith("jsonl:"):
         return load_jsonl_task(spec[6:], eval_dataset, eval_size, seed)
     if spec.endswith(".jsonl") or spec.endswith(".json"):
@@ -53,4 +60,5 @@ def load_task(spec: str, eval_dataset: Optional[str] = None, eval_size: int = 20
         return load_hf_task(parts[0], parts[1] if len(parts) > 1 else None, eval_size=eval_size, seed=seed)
     if spec.lower() in ("gsm8k", "math"):
         return load_hf_task(spec, eval_size=eval_size, seed=seed)
-    raise ValueError(f"dataset: unknown spec {spec!r} (arithmetic, PATH.jsonl, hf:NAME[:CONFIG], gsm8k, math)")
+    raise ValueError(f"dataset: unknown spec {spec!r} (arithmetic, PATH.jsonl, hf:NAME[:CONFIG], gsm8k, math, "
+                     "gsm_symbolic[:SIZE], rg:NAME[:SIZE])")

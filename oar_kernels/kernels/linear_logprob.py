@@ -169,6 +169,15 @@ def _chunk_dlogits_kernel(
 # ----------------------------------------------------------------------------- launchers
 
 
+# GPU launch configuration of _fused_fwd_kernel: (BLOCK_N, BLOCK_V, BLOCK_D, num_warps,
+# num_stages, maxnreg or None). Chosen so that ptxas spills on neither sm_80 nor sm_90 with
+# Triton 3.6 and 3.9 (benchmarks/compile_check.py reports registers and spills; its test fails
+# on a spill). At 4 warps the 16-bit kernel with entropy hits the 255-register cap and spills;
+# the fp32 one at 8 warps and 3 stages is held to 80 registers by ptxas and spills, hence 2
+# stages and an explicit 128-register budget. Speed is measured by benchmarks/gpu_check.py.
+FWD_CONFIG = {"fp32": (32, 64, 32, 8, 2, 128), "16bit": (64, 128, 64, 8, 3, None)}
+
+
 def _empty(shape, device, dtype):
     """Output allocation (one place, so tests can poison every output buffer with NaN)."""
     return torch.empty(shape, device=device, dtype=dtype)
@@ -188,22 +197,38 @@ def fused_forward(
     temperature: float,
     entropy: bool,
     num_splits: int | None = None,
+    config: tuple | None = None,
+    input_precision: str | None = None,
 ):
     """Fully fused forward. Returns (target logit z_t, lse, entropy or None), each fp32 [N]
-    (logits divided by temperature). Inputs must be contiguous; targets in [0, V)."""
+    (logits divided by temperature). targets in [0, V); any strides (a view whose rows are
+    not unit-stride, a strided bias or targets, is copied to a contiguous tensor first).
+
+    `config` (BLOCK_N, BLOCK_V, BLOCK_D, num_warps, num_stages, maxnreg) and `input_precision` ("ieee",
+    "tf32", "tf32x3"; fp32 inputs only) override the defaults of FWD_CONFIG, for benchmarks."""
     N, D = hidden.shape
     V = weight.shape[0]
     dev = hidden.device
     if N == 0:
         empty = torch.empty(0, device=dev, dtype=torch.float32)
         return empty, empty.clone(), (empty.clone() if entropy else None)
+    # the kernel reads rows with unit stride along D, and bias / targets with unit stride
+    if hidden.stride(1) != 1:
+        hidden = hidden.contiguous()
+    if weight.stride(1) != 1:
+        weight = weight.contiguous()
+    if bias is not None and bias.stride(0) != 1:
+        bias = bias.contiguous()
+    if targets.stride(0) != 1:
+        targets = targets.contiguous()
     interp = _interpreting() or not hidden.is_cuda
-    if hidden.dtype == torch.float32:
-        BLOCK_N, BLOCK_V, BLOCK_D, warps = 32, 64, 32, 4
-    else:
-        BLOCK_N, BLOCK_V, BLOCK_D, warps = 64, 128, 64, 4
     if interp:
-        BLOCK_N, BLOCK_V, BLOCK_D, warps = 16, 32, 16, 1
+        BLOCK_N, BLOCK_V, BLOCK_D, warps, stages, maxnreg = 16, 32, 16, 1, 1, None
+    else:
+        BLOCK_N, BLOCK_V, BLOCK_D, warps, stages, maxnreg = FWD_CONFIG["fp32" if hidden.dtype == torch.float32 else "16bit"]
+    if config is not None:
+        BLOCK_N, BLOCK_V, BLOCK_D, warps, stages, maxnreg = config
+    extra = {} if (maxnreg is None or interp) else {"maxnreg": maxnreg}
     n_row_blocks = triton.cdiv(N, BLOCK_N)
     n_vblocks = triton.cdiv(V, BLOCK_V)
     if num_splits is None:
@@ -221,6 +246,8 @@ def fused_forward(
     # fp32 inputs get true fp32 products (no silent TF32); for 16-bit inputs the setting does
     # not apply (tensor-core MMA, fp32 accumulation). The interpreter sees upcast fp32 tiles.
     precision = "ieee" if (interp or hidden.dtype == torch.float32) else "tf32"
+    if input_precision is not None and hidden.dtype == torch.float32:
+        precision = input_precision
     grid = (n_row_blocks * num_splits,)
     _fused_fwd_kernel[grid](
         hidden, weight, bias if bias is not None else hidden, targets,
@@ -230,7 +257,7 @@ def fused_forward(
         HAS_BIAS=bias is not None, ENTROPY=entropy, UPCAST=interp,
         INPUT_PRECISION=precision,
         BLOCK_N=BLOCK_N, BLOCK_V=BLOCK_V, BLOCK_D=BLOCK_D,
-        num_warps=warps, num_stages=1 if interp else 3,
+        num_warps=warps, num_stages=stages, **extra,
     )
     mx = part_m.max(dim=0).values
     scale = torch.exp(part_m - mx)
@@ -244,14 +271,21 @@ def fused_forward(
     return zt, lse, ent
 
 
+def _unit(t: torch.Tensor) -> torch.Tensor:
+    """t with unit stride along its last dim (a copy only when it has not)."""
+    return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
+
+
 def _row_block(V: int) -> int:
     return min(triton.next_power_of_2(V), 4096 if not _interpreting() else 1024)
 
 
 def chunk_stats(z: torch.Tensor, targets: torch.Tensor, temperature: float, entropy: bool):
     """Row statistics of a materialized raw-logits chunk z [n, V] (bias included, not yet
-    divided by temperature). Returns (target logit, lse, entropy or None), fp32 [n]."""
+    divided by temperature). Returns (target logit, lse, entropy or None), fp32 [n].
+    Any row stride of z; other strides are made unit first."""
     n, V = z.shape
+    z, targets = _unit(z), _unit(targets)
     lse = _empty((n,), z.device, torch.float32)
     zt = _empty((n,), z.device, torch.float32)
     ent = _empty((n,), z.device, torch.float32) if entropy else lse
@@ -275,9 +309,16 @@ def chunk_dlogits(
 ):
     """Writes d loss / d raw logits of chunk z [n, V] into out [n, V] (out may be z itself).
 
-    g_logp [n] = d loss / d logp; g_ent, ent [n] (both or neither) add the entropy term."""
+    g_logp [n] = d loss / d logp; g_ent, ent [n] (both or neither) add the entropy term.
+    Any row strides of z and out; out's columns must be unit-stride (it is written in place),
+    the other inputs are made so."""
     n, V = z.shape
+    if V > 1 and out.stride(1) != 1:
+        raise ValueError("out: expected unit stride along the vocabulary (it is written in place)")
+    z, targets, lse, g_logp = _unit(z), _unit(targets), _unit(lse), _unit(g_logp)
     has_ent = g_ent is not None
+    if has_ent:
+        g_ent, ent = _unit(g_ent), _unit(ent)
     if n:
         _chunk_dlogits_kernel[(n,)](
             z, out, targets, lse, g_logp,

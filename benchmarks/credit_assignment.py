@@ -376,6 +376,18 @@ def run(model, tokenizer, n: int = 48, seed: int = 0, prompt_prefix: str = "", c
     return rows, out
 
 
+@torch.no_grad()
+def answer_probability(model, segs) -> float:
+    """Mean over responses of exp(phi): how surely the model writes the answer the reasoning gives."""
+    out = []
+    for s in segs:
+        logits = model(input_ids=s.sequence(True)[None]).logits[0].float()
+        a0, A = s.answer_start, int(s.answer_ids.numel())
+        logp = torch.log_softmax(logits[a0 - 1 : a0 - 1 + A], -1).gather(-1, s.answer_ids[:, None])
+        out.append(float(logp.mean().exp()))
+    return sum(out) / len(out)
+
+
 def _fmt(x, nd=3) -> str:
     return "-" if x is None else f"{x:.{nd}f}"
 
@@ -431,12 +443,15 @@ def main(argv=None) -> int:
     # BPE tokenizers: the answer carries its leading space ("The answer is" + " 13")
     conclude = pick_conclude(tok)
     print(f"[credit] model {args.model} loaded in {load_s:.0f}s; {args.responses} responses, seed {args.seed}")
-    rows, readings = run(model, tok, args.responses, args.seed, ONE_SHOT if args.one_shot else "", conclude)
+    prefix = ONE_SHOT if args.one_shot else ""
+    p_answer = answer_probability(model, attach_segments(make_cases(args.responses, args.seed), tok, "own", prefix, conclude))
+    rows, readings = run(model, tok, args.responses, args.seed, prefix, conclude)
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     head = (f"Command: `python benchmarks/credit_assignment.py {' '.join(argv if argv is not None else sys.argv[1:])}`; "
             f"model {args.model}; {args.responses} responses (problem seed {args.seed}; OAR-G draws 0 and 1); "
             f"torch {torch.__version__}, {args.threads} thread(s), {platform.machine()} {os.cpu_count()} cores, "
-            f"load average at the end {load[0]:.2f}; {time.time() - t0:.0f} s in all.")
+            f"load average at the end {load[0]:.2f}; {time.time() - t0:.0f} s in all. "
+            f"The model's mean probability of the (correct) answer tokens given the reasoning: {p_answer:.3f}.")
     text = head + "\n\n" + table(rows, readings) + "\n"
     print(text)
     if args.out:

@@ -355,11 +355,11 @@ def run(model, tokenizer, n: int = 48, seed: int = 0, prompt_prefix: str = "", c
 
     if not readings:
         return rows, []
+    out = bilevel_readings(oarp, segs)
     # the readings: own vs reference answer (wrong responses), last vs last_after_answer
     wrong = make_cases(n, seed, wrong=True)
     own = attach_segments(wrong, tokenizer, "own", prompt_prefix, conclude)
     refs = attach_segments(wrong, tokenizer, "reference", prompt_prefix, conclude)
-    out = []
     for name, fn in (("OAR-P", lambda s, mode: oar.perturbation_importance(model, s, mode=mode)),
                      ("OAR-G", lambda s, mode: oar.gradient_importance(model, s, mode=mode,
                                                                         generator=torch.Generator().manual_seed(0)))):
@@ -374,6 +374,50 @@ def run(model, tokenizer, n: int = 48, seed: int = 0, prompt_prefix: str = "", c
         rho = _mean(spearman(a[i, : s.num_reasoning].tolist(), b[i, : s.num_reasoning].tolist()) for i, s in enumerate(segs))
         out.append({"what": f"{name}: last vs last_after_answer", "rho": rho})
     return rows, out
+
+
+def _bilevel_row(x: List[float], tau: float, clamp: bool, beta=1.0, floor=0.1) -> Tuple[List[float], float]:
+    """Bi-Level weights of one response written out (section 5), with or without the clamp at 0;
+    returns (weights, the quantile value q)."""
+    import math
+
+    s = [math.log1p(max(v, 0.0) if clamp else v) if (clamp or v > -1) else float("nan") for v in x]
+    lo, hi = min(s), max(s)
+    rng = hi - lo if hi > lo else 1.0
+    n = [(v - lo) / rng for v in s]
+    srt = sorted(n)
+    pos = tau * (len(srt) - 1)
+    i = int(math.floor(pos))
+    q = srt[i] + (srt[min(i + 1, len(srt) - 1)] - srt[i]) * (pos - i)
+    w = [max(v / (q + 1e-8), floor) if v < q else 1 + beta * (v - q) / (1 - q + 1e-8) for v in n]
+    tot = sum(w)
+    return ([v * len(w) / (tot + 1e-8) for v in w] if tot > 0 else [1.0] * len(w)), q
+
+
+def bilevel_readings(oarp: Dict[str, torch.Tensor], segs: Sequence[Segments], tau: float = 0.25) -> List[dict]:
+    """Effect sizes of two Bi-Level differences on this run's OAR-P scores: the authors' loop,
+    which overwrites tau with the first response's quantile value, and log1p without the clamp
+    at 0 (answer_joint has negative deltas; below -1 it is NaN)."""
+    out = []
+    for mode in ("last", "answer_joint"):
+        if mode not in oarp:
+            continue
+        rows = [oarp[mode][b, : s.num_reasoning].double().tolist() for b, s in enumerate(segs)]
+        ours = [_bilevel_row(r, tau, True)[0] for r in rows]
+        level, theirs = tau, []
+        for r in rows:  # the authors' loop: the level becomes the previous response's quantile value
+            w, level = _bilevel_row(r, level, True)
+            theirs.append(w)
+        d = [max(abs(a - b) for a, b in zip(x, y)) for x, y in zip(ours, theirs)]
+        out.append({"what": f"Bi-Level, OAR-P {mode}: tau overwritten after the first response (theirs) vs tau per "
+                            f"response: max |w diff| per response, mean over responses (max)", "rho": sum(d) / len(d),
+                    "extra": max(d)})
+        neg = sum(v < 0 for r in rows for v in r) / max(1, sum(len(r) for r in rows))
+        noclamp = [_bilevel_row(r, tau, False)[0] for r in rows]
+        d = [max(abs(a - b) for a, b in zip(x, y)) for x, y in zip(ours, noclamp)]
+        out.append({"what": f"Bi-Level, OAR-P {mode}: no clamp at 0 (theirs) vs clamp: max |w diff| per response, mean "
+                            f"(max); share of negative scores {neg:.2f}", "rho": sum(d) / len(d), "extra": max(d)})
+    return out
 
 
 @torch.no_grad()
@@ -398,8 +442,9 @@ def table(rows: List[dict], readings: List[dict]) -> str:
     for r in rows:
         lines.append(f"| {r['name']} | {_fmt(r['auc'])} | {_fmt(r['auc_dc'])} | {_fmt(r['recall'])} | {_fmt(r['w_ratio'], 2)} | "
                      f"{_fmt(r['rho_oarp'])} | {_fmt(r['rho_draws'])} | {r['ms']:.1f} |")
-    lines += ["", "| reading | mean Spearman per response |", "|---|---|"]
-    lines += [f"| {r['what']} | {_fmt(r['rho'])} |" for r in readings]
+    lines += ["", "| reading | mean Spearman per response (Bi-Level rows: as stated) |", "|---|---|"]
+    lines += [f"| {r['what']} | {_fmt(r['rho'])}" + (f" ({_fmt(r['extra'])})" if r.get("extra") is not None else "") + " |"
+              for r in readings]
     return "\n".join(lines)
 
 

@@ -87,8 +87,20 @@ def test_tiny_run(ca):
     for r in rows:
         assert r["auc"] is None or 0 <= r["auc"] <= 1
         assert r["ms"] >= 0
-    assert len(readings) == 6 and all(r["rho"] is None or -1 <= r["rho"] <= 1 for r in readings)
+    assert len(readings) == 10 and all(r["rho"] is None or -1 <= r["rho"] <= 1 for r in readings[4:])
+    assert all(r["rho"] >= 0 for r in readings[:4])
     text = ca.table(rows, readings)
     main, _, second = text.partition("\n\n")
     assert main.count("\n| OAR-P") == 4 and main.count("\n|") == len(rows) + 1
     assert second.count("own answer vs reference answer") == 4
+
+
+def test_bilevel_row_matches_the_op(ca):
+    import oar_kernels as oar
+
+    x = [0.3, -0.2, 2.0, 0.0, 0.7, 1.1]
+    w, _ = ca._bilevel_row(x, 0.25, clamp=True)
+    want = oar.bilevel_reshape(torch.tensor([x], dtype=torch.float64), torch.ones(1, 6, dtype=torch.bool))[0]
+    assert w == pytest.approx(want.tolist(), abs=1e-6)
+    w2, _ = ca._bilevel_row(x, 0.25, clamp=False)
+    assert max(abs(a - b) for a, b in zip(w, w2)) > 1e-3  # the negative score changes the weights

@@ -3,21 +3,30 @@
     python benchmarks/gpu_check.py --out gpu_check.md
     python benchmarks/gpu_check.py --dry-run-cpu        # every code path, tiny sizes, on CPU
 
+0. The kernel test-suite compiled on the GPU: `pytest --gpu -m kernels tests/` (tests/conftest.py),
+   before anything else (a dry run only collects it).
 1. Spot checks on the device (small, non-power-of-two shapes, fp32 and bf16):
    fused_linear_logprob (+ entropy, temperature, bias, split vocabulary) against
    oar.reference.linear_logprob_reference; fused_linear_grpo_loss against oar.grpo_loss on
    reference log-probs (each loss_type, OAR weights) and against liger's
    LigerFusedLinearGRPOLoss (uniform weights).
-2. Benchmarks at N=16384, D=2048, V=151936 bf16 (B=16 x T=1024 for the loss), fwd+bwd:
-   fused vs eager (materialized logits, fp32 log_softmax, gather) and vs liger (compiled=False):
-   peak memory above the inputs (torch.cuda.max_memory_allocated) and time (CUDA events,
-   median), with the achieved TFLOP/s of the LM-head GEMMs (3 x 2NDV per fwd+bwd) against
-   the measured rate of a plain bf16 torch.matmul of the same shape.
-   Targets: memory <= 0.1x eager, time <= 0.7x eager and <= 1.0x liger.
-3. Rows of gpu_rows(device) from benchmarks/bench_bilevel.py, bench_saliency.py,
-   bench_importance.py and rl_step.py (the full RL step, OAR vs GRPO, including a
-   Qwen2-0.5B-shaped model at 256 completion tokens) when those modules exist.
+2. Side by side, fwd+bwd, bf16, at N=16384 D=2048 V=151936 and at liger's published Hopper
+   shape M=8192 H=4096 V=131072: fused_linear_logprob (with and without entropy) and
+   fused_linear_grpo_loss against every baseline of benchmarks/lm_head_baselines.py (TRL's
+   ChunkedLogProbFunction, liger's LigerFusedLinearScaledCrossEntropyFunction and its
+   LigerFusedLinearGRPOLoss compiled, Cut Cross-Entropy exact where installed, eager and
+   torch.compile'd eager): time (CUDA events, median), peak memory above the inputs, achieved
+   TFLOP/s of the useful LM-head GEMMs (3 x 2NDV) against the measured rate of one bf16 GEMM of
+   the same shape. A baseline that cannot be had is a "missing" row, not a failure.
+3. The fused forward kernel's candidate configurations (num_warps 4 / 8; tf32x3 and tf32 for
+   fp32 inputs) timed, forward only, so kernels/linear_logprob.py's FWD_CONFIG can be chosen.
+4. Rows of gpu_rows(device) from benchmarks/bench_bilevel.py, bench_saliency.py,
+   bench_importance.py, rl_step.py (the full RL step, OAR vs GRPO) and bench_trainer.py
+   (OARGRPOTrainer vs TRL's GRPOTrainer per step) when those modules exist.
 
+Sized for one H100/H200 in under 8 minutes (--budget-s 450: later rows are skipped, and said
+so, past it). Every row is printed as it comes and --out is rewritten after each, so a run
+cut short still leaves its table.
 Prints one table and writes it as markdown to --out. Without a GPU it says so and exits 0.
 Exit status 1 when a correctness check fails (missed speed/memory targets do not change it).
 """
@@ -231,124 +240,185 @@ def correctness_rows(device, dry: bool):
 # ----------------------------------------------------------------------------- benchmarks
 
 
-def bench_rows(device, dry: bool, repeats: int):
+class Budget:
+    """Wall-clock budget of the whole check: sections skip what no longer fits."""
+
+    def __init__(self, seconds: float):
+        self.end = time.time() + seconds
+
+    def left(self) -> float:
+        return self.end - time.time()
+
+
+def _free(device):
     import torch
 
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+BENCH_SHAPES = [  # (B, T, D, V): the gpu_check shape and liger's published Hopper shape
+    (16, 1024, 2048, 151936),
+    (8, 1024, 4096, 131072),
+]
+DRY_SHAPES = [(2, 16, 32, 500)]
+
+
+def bench_rows(device, dry: bool, repeats: int, emit, budget: Budget):
+    """fused_linear_logprob (with and without entropy) and fused_linear_grpo_loss fwd+bwd against
+    every baseline of benchmarks/lm_head_baselines.py, at each shape: time, peak memory, achieved
+    TFLOP/s of the useful LM-head GEMMs (3 x 2NDV: logits, d hidden, d weight) and their
+    fraction of the measured rate of one plain GEMM of the same shape and dtype."""
+    import torch
+
+    import lm_head_baselines as lb
     import oar_kernels as oar
-    from oar_kernels.ops import fused_linear_logprob as lp_mod
 
-    rows = []
-    if dry:
-        B, T, D, V = 2, 16, 32, 500
-    else:
-        B, T, D, V = 16, 1024, 2048, 151936
-    N = B * T
-    dtype = torch.bfloat16
-    shape = f"N={N} D={D} V={V} bf16"
-    backend = "triton"
-    gen = torch.Generator().manual_seed(1)
-    h = (torch.randn(N, D, generator=gen) * 0.5).to(device, dtype).requires_grad_(True)
-    w = (torch.randn(V, D, generator=gen) / math.sqrt(D)).to(device, dtype).requires_grad_(True)
-    t = torch.randint(0, V, (N,), generator=gen).to(device)
-    g = torch.randn(N, generator=gen).to(device)
-    h3 = h.detach().view(B, T, D).requires_grad_(True)
-    t2 = t.view(B, T)
-    mask = torch.ones(B, T, dtype=torch.bool, device=device)
-    mask[:, T * 3 // 4:] = (torch.rand(B, T - T * 3 // 4, generator=gen) > 0.5).to(device)
-    with torch.no_grad():
-        old = oar.fused_linear_logprob(h, w, t, backend=backend).view(B, T) + 0.05 * torch.randn(B, T, generator=gen).to(device)
-    adv = torch.randn(B, generator=gen).to(device)
-    flops = 3 * 2 * N * D * V  # logits, d hidden, d weight
-
-    # measured GEMM rate for this shape
-    mm_rate = None
-    try:
+    dtype = torch.float32 if dry else torch.bfloat16
+    backend = "triton"  # GPU, or the interpreter in a dry run
+    shapes = DRY_SHAPES if dry else BENCH_SHAPES
+    for B, T, D, V in shapes:
+        N = B * T
+        shape = f"N={N} D={D} V={V} {str(dtype)[6:]}"
+        if budget.left() < 60:
+            emit(_row("lm_head", shape, "skipped: time budget spent", None, "", False, "bench"))
+            continue
+        gen = torch.Generator().manual_seed(1)
+        h = (torch.randn(N, D, generator=gen) * 0.5).to(device, dtype).requires_grad_(True)
+        w = (torch.randn(V, D, generator=gen) / math.sqrt(D)).to(device, dtype).requires_grad_(True)
+        t = torch.randint(0, V, (N,), generator=gen).to(device)
+        g = torch.randn(N, generator=gen).to(device)
+        g2 = torch.randn(N, generator=gen).to(device)
+        h3 = h.detach().view(B, T, D).requires_grad_(True)
+        t2 = t.view(B, T)
+        mask = torch.ones(B, T, dtype=torch.bool, device=device)
+        mask[:, T * 3 // 4:] = (torch.rand(B, T - T * 3 // 4, generator=gen) > 0.5).to(device)
         with torch.no_grad():
-            tm = time_call(lambda: torch.matmul(h, w.t()), device, repeats)
-        mm_rate = 2 * N * D * V / tm / 1e12
-        rows.append(_row("matmul", shape, f"torch.matmul [N,D]x[D,V] TFLOP/s ({tm * 1e3:.2f} ms)", mm_rate, "info", True, "bench"))
-    except Exception as e:  # noqa: BLE001
-        rows.append(_err_row("matmul", shape, "bf16 GEMM rate", e, "bench"))
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    def lp_eager():
-        lp = torch.log_softmax((h @ w.t()).float(), dim=-1).gather(1, t[:, None]).squeeze(1)
-        return torch.autograd.grad((lp * g).sum(), (h, w))
-
-    def lp_fused():
-        lp = oar.fused_linear_logprob(h, w, t, backend=backend)
-        return torch.autograd.grad((lp * g).sum(), (h, w))
-
-    def lp_fused_chunked():
-        lp_mod.TRITON_FORWARD = "chunked"
+            old = oar.fused_linear_logprob(h, w, t, backend=backend).view(B, T) + 0.05 * torch.randn(B, T, generator=gen).to(device)
+        adv = torch.randn(B, generator=gen).to(device)
+        flops = 3 * 2 * N * D * V
+        mm_rate = None
         try:
-            return lp_fused()
-        finally:
-            lp_mod.TRITON_FORWARD = "fused"
-
-    def grpo_eager():
-        lp = torch.log_softmax((h3.reshape(N, D) @ w.t()).float(), dim=-1).gather(1, t[:, None]).view(B, T)
-        loss, _ = oar.grpo_loss(lp, old, adv, mask)
-        return torch.autograd.grad(loss, (h3, w))
-
-    def grpo_fused():
-        loss, _ = oar.fused_linear_grpo_loss(h3, w, t2, old, adv, mask, backend=backend)
-        return torch.autograd.grad(loss, (h3, w))
-
-    liger_mod = None
-    try:
-        from liger_kernel.chunked_loss.grpo_loss import LigerFusedLinearGRPOLoss
-
-        liger_mod = LigerFusedLinearGRPOLoss(beta=0.0, compiled=False, use_ref_model=False, loss_type="grpo")
-    except Exception as e:  # noqa: BLE001
-        rows.append(_err_row("liger", shape, "import LigerFusedLinearGRPOLoss", e, "bench"))
-
-    def grpo_liger():
-        loss, _ = liger_mod(h3, w, t2, mask.float(), adv, old_per_token_logps=old)
-        return torch.autograd.grad(loss, (h3, w))
-
-    results = {}
-    variants = [
-        ("fused_linear_logprob", "eager", lp_eager),
-        ("fused_linear_logprob", "fused", lp_fused),
-        ("fused_linear_logprob", "fused (chunked cuBLAS fwd)", lp_fused_chunked),
-        ("fused_linear_grpo_loss", "eager", grpo_eager),
-        ("fused_linear_grpo_loss", "fused", grpo_fused),
-    ]
-    if liger_mod is not None:
-        variants.append(("fused_linear_grpo_loss", "liger", grpo_liger))
-    for op, name, fn in variants:
-        try:
-            mem = peak_bytes(fn, device)
-            sec = time_call(fn, device, repeats)
-            results[(op, name)] = (sec, mem)
-            tf = flops / sec / 1e12
-            frac = f", {tf / mm_rate:.2f}x matmul rate" if mm_rate else ""
-            mem_s = "n/a" if mem is None else f"{mem / 2**30:.2f} GiB"
-            rows.append(_row(op, shape, f"{name}: fwd+bwd {sec * 1e3:.1f} ms, peak +{mem_s}, {tf:.0f} TFLOP/s{frac}", sec * 1e3, "ms", True, "bench"))
+            with torch.no_grad():
+                tm = time_call(lambda: torch.matmul(h, w.t()), device, repeats)
+            mm_rate = 2 * N * D * V / tm / 1e12
+            emit(_row("matmul", shape, f"torch.matmul [N,D]x[D,V] TFLOP/s ({tm * 1e3:.2f} ms)", mm_rate, "info", True, "bench"))
         except Exception as e:  # noqa: BLE001
-            rows.append(_err_row(op, shape, f"{name} fwd+bwd", e, "bench"))
-        finally:
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            emit(_err_row("matmul", shape, "GEMM rate", e, "bench"))
+        _free(device)
 
-    def ratio_rows(op, name, ref, what_t, what_m):
-        a, r = results.get((op, name)), results.get((op, ref))
-        if a is None or r is None:
-            return
-        tr = a[0] / r[0]
-        rows.append(_row(op, shape, f"{name} time / {ref} time", tr, f"<= {what_t:g}", tr <= what_t, "target"))
-        if what_m is not None and a[1] is not None and r[1]:
-            mr = a[1] / r[1]
-            rows.append(_row(op, shape, f"{name} peak memory / {ref} peak memory", mr, f"<= {what_m:g}", mr <= what_m, "target"))
+        groups = []
+        for ent in (False, True):
+            fns, missing = lb.make_logprob(h, w, t, g, g2, entropy=ent, backend=backend)
+            groups.append((f"logprob{' +entropy' if ent else ''}", fns, missing))
+        fns, missing = lb.make_grpo(h3, w, t2, old, adv, mask, backend=backend)
+        groups.append(("grpo_loss", fns, missing))
+        for op, fns, missing in groups:
+            for name, why in missing.items():
+                emit(_row(op, shape, f"{name}: missing ({why})", None, "", True, "missing"))
+            results = {}
+            for name, fn in fns.items():
+                if budget.left() < 30:
+                    emit(_row(op, shape, f"{name}: skipped (time budget)", None, "", False, "bench"))
+                    continue
+                try:
+                    mem = peak_bytes(fn, device)  # also the warm-up (and torch.compile's compile)
+                    sec = time_call(fn, device, repeats, warmup=0 if dry else 1)
+                    results[name] = (sec, mem)
+                    tf = flops / sec / 1e12
+                    frac = f", {tf / mm_rate:.2f}x GEMM rate" if mm_rate else ""
+                    mem_s = "n/a" if mem is None else f"{mem / 2**30:.2f} GiB"
+                    emit(_row(op, shape, f"{name}: fwd+bwd {sec * 1e3:.1f} ms, peak +{mem_s}, {tf:.0f} TFLOP/s{frac}",
+                              sec * 1e3, "ms", True, "bench"))
+                except Exception as e:  # noqa: BLE001 - a baseline that fails here is reported
+                    emit(_err_row(op, shape, f"{name} fwd+bwd", e, "bench"))
+                finally:
+                    _free(device)
+            ours = results.get("oar")
+            if ours:
+                others = {k: v for k, v in results.items() if k != "oar"}
+                for k, (sec, mem) in others.items():
+                    ms = "" if (mem is None or not ours[1]) else f", memory {ours[1] / max(mem, 1):.2f}x"
+                    emit(_row(op, shape, f"oar / {k}: time {ours[0] / sec:.2f}x{ms}", ours[0] / sec, "info", True, "ratio"))
+                fastest = min(others.items(), key=lambda kv: kv[1][0]) if others else None
+                if fastest:
+                    r = ours[0] / fastest[1][0]
+                    emit(_row(op, shape, f"oar time / fastest baseline ({fastest[0]})", r, "<= 1", r <= 1.0, "target"))
+        del h, w, h3, old
+        _free(device)
 
-    ratio_rows("fused_linear_logprob", "fused", "eager", 0.7, 0.1)
-    ratio_rows("fused_linear_logprob", "fused (chunked cuBLAS fwd)", "eager", 0.7, 0.1)
-    ratio_rows("fused_linear_grpo_loss", "fused", "eager", 0.7, 0.1)
-    ratio_rows("fused_linear_grpo_loss", "fused", "liger", 1.0, None)
-    return rows
+
+def fwd_config_rows(device, dry: bool, repeats: int, emit, budget: Budget):
+    """The fused forward kernel's candidate configurations, forward only, at the gpu_check shape:
+    16-bit at num_warps 4 and 8 (same blocks), fp32 at num_warps 4 / 8 and with tf32x3 / tf32
+    input precision (with their error against ieee), so FWD_CONFIG can be chosen from data."""
+    import torch
+
+    from oar_kernels.kernels import linear_logprob as kl
+
+    N, D, V = (40, 32, 300) if dry else (16384, 2048, 151936)
+    gen = torch.Generator().manual_seed(2)
+    for dtype in (torch.bfloat16, torch.float32):
+        shape = f"N={N} D={D} V={V} {str(dtype)[6:]}"
+        key = "fp32" if dtype == torch.float32 else "16bit"
+        base = kl.FWD_CONFIG[key]
+        h = torch.randn(N, D, generator=gen).to(device, dtype)
+        w = (torch.randn(V, D, generator=gen) / math.sqrt(D)).to(device, dtype)
+        t = torch.randint(0, V, (N,), generator=gen).to(device)
+        cands = [("default", base, None), ("num_warps=4", base[:3] + (4,) + base[4:5] + (None,), None),
+                 ("num_warps=8", base[:3] + (8,) + base[4:], None)]
+        if dtype == torch.float32:
+            cands += [("tf32x3", base, "tf32x3"), ("tf32", base, "tf32")]
+        ref = None
+        for name, cfg, prec in cands:
+            if budget.left() < 20:
+                emit(_row("fused fwd config", shape, f"{name}: skipped (time budget)", None, "", False, "bench"))
+                continue
+            try:
+                with torch.no_grad():
+                    fn = lambda: kl.fused_forward(h, w, t, None, 1.0, True, config=None if dry else cfg,  # noqa: E731
+                                                  input_precision=prec)
+                    zt, lse, _ = fn()
+                    lp = zt - lse
+                    ref = lp if ref is None else ref
+                    err = float((lp - ref).abs().max())
+                    sec = time_call(fn, device, repeats)
+                tf = 2 * N * D * V / sec / 1e12
+                emit(_row("fused fwd config", shape, f"{name} {cfg} prec={prec or 'default'}: fwd+entropy {sec * 1e3:.1f} ms, "
+                          f"{tf:.0f} TFLOP/s, max |dlogp| vs default {err:.1e}", sec * 1e3, "ms", True, "bench"))
+            except Exception as e:  # noqa: BLE001
+                emit(_err_row("fused fwd config", shape, name, e, "bench"))
+        del h, w
+        _free(device)
+
+
+def test_suite_rows(dry: bool, emit, budget: Budget, timeout_s: int):
+    """The kernel tests compiled on the GPU (tests/conftest.py --gpu), before any benchmark; a
+    dry run only collects them (the interpreter run is CI's)."""
+    import subprocess
+
+    root = os.path.dirname(HERE)
+    if not os.path.isdir(os.path.join(root, "tests")):
+        emit(_row("tests", "-", "no tests/ folder next to benchmarks/", None, "", False, "check"))
+        return
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "kernels", "tests/"]
+    cmd += ["--co"] if dry else ["--gpu", "-rf"]
+    env = dict(os.environ)
+    if not dry:
+        env.pop("TRITON_INTERPRET", None)
+    t0 = time.time()
+    try:
+        r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True,
+                           timeout=min(timeout_s, max(30, budget.left() - 240)))
+        tail = [ln for ln in r.stdout.strip().splitlines() if ln.strip()][-1:] or [r.stderr.strip()[-200:]]
+        for ln in r.stdout.splitlines():
+            if ln.startswith("FAILED"):
+                emit(_row("tests", "--gpu -m kernels", ln[:200], None, "", False, "check"))
+        emit(_row("tests", "pytest --gpu -m kernels" if not dry else "pytest --co -m kernels",
+                  f"{tail[0][:160]} ({time.time() - t0:.0f} s)", r.returncode, "rc 0", r.returncode == 0, "check"))
+    except subprocess.TimeoutExpired as e:
+        emit(_row("tests", "pytest --gpu -m kernels", f"timed out after {e.timeout:.0f} s", None, "", False, "check"))
 
 
 # ----------------------------------------------------------------------------- other engineers' rows
@@ -356,7 +426,7 @@ def bench_rows(device, dry: bool, repeats: int):
 
 def foreign_rows(device, dry: bool):
     rows = []
-    for name in ("bench_bilevel", "bench_saliency", "bench_importance", "rl_step"):
+    for name in ("bench_bilevel", "bench_saliency", "bench_importance", "rl_step", "bench_trainer"):
         path = os.path.join(HERE, f"{name}.py")
         if not os.path.exists(path):
             continue
@@ -403,9 +473,12 @@ def render(rows, header_lines):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="GPU correctness spot checks and benchmarks of the fused ops")
-    p.add_argument("--out", default=None, help="markdown file to write the table to")
+    p.add_argument("--out", default=None, help="markdown file to write the table to (rewritten after every row)")
     p.add_argument("--dry-run-cpu", action="store_true", help="run every code path on CPU at tiny sizes (Triton interpreter)")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--budget-s", type=float, default=450, help="wall-clock budget; later rows are skipped past it")
+    p.add_argument("--tests-timeout-s", type=int, default=200)
+    p.add_argument("--skip-tests", action="store_true")
     p.add_argument("--skip-bench", action="store_true")
     p.add_argument("--skip-foreign", action="store_true")
     args = p.parse_args(argv)
@@ -418,6 +491,8 @@ def main(argv=None) -> int:
         print("no GPU: torch.cuda.is_available() is False on this machine; nothing was checked "
               "(run with --dry-run-cpu to exercise this script on CPU).")
         return 0
+    if HERE not in sys.path:
+        sys.path.insert(0, HERE)  # lm_head_baselines, bench_trainer
     device = torch.device("cpu") if args.dry_run_cpu else torch.device("cuda")
     if args.dry_run_cpu:
         torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -430,20 +505,33 @@ def main(argv=None) -> int:
         f"torch {torch.__version__}, triton {triton.__version__}; {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
     ]
     t0 = time.time()
+    budget = Budget(args.budget_s)
     rows = []
-    for label, fn in (
-        ("correctness", lambda: correctness_rows(device, args.dry_run_cpu)),
-        ("bench", None if args.skip_bench else (lambda: bench_rows(device, args.dry_run_cpu, 1 if args.dry_run_cpu else args.repeats))),
-        ("foreign", None if args.skip_foreign else (lambda: foreign_rows(device, args.dry_run_cpu))),
-    ):
+
+    def emit(row):
+        rows.append(row)
+        print("[gpu_check]", " | ".join(_fmt(row.get(c)) for c in ("op", "shape", "metric", "value")), flush=True)
+        if args.out:  # the table so far, so a run cut short still leaves its rows
+            with open(args.out, "w") as fh:
+                fh.write(render(rows, header + [f"(in progress, {time.time() - t0:.0f} s)"]))
+
+    dry, reps = args.dry_run_cpu, (1 if args.dry_run_cpu else args.repeats)
+    sections = (
+        ("tests", None if args.skip_tests else (lambda: test_suite_rows(dry, emit, budget, args.tests_timeout_s))),
+        ("correctness", lambda: [emit(r) for r in correctness_rows(device, dry)]),
+        ("bench", None if args.skip_bench else (lambda: bench_rows(device, dry, reps, emit, budget))),
+        ("fwd configs", None if args.skip_bench else (lambda: fwd_config_rows(device, dry, reps, emit, budget))),
+        ("foreign", None if args.skip_foreign else (lambda: [emit(r) for r in foreign_rows(device, dry)])),
+    )
+    for label, fn in sections:
         if fn is None:
             continue
         s = time.time()
         try:
-            rows.extend(fn())
+            fn()
         except Exception as e:  # noqa: BLE001 - keep going: one broken section must not hide the rest
             traceback.print_exc()
-            rows.append(_err_row(label, "-", "section", e, label))
+            emit(_err_row(label, "-", "section", e, label))
         print(f"[gpu_check] {label}: {time.time() - s:.1f} s", flush=True)
     failed_checks = [r for r in rows if not r.get("ok") and r.get("kind") == "check"]
     missed = [r for r in rows if not r.get("ok") and r.get("kind") != "check"]

@@ -174,8 +174,9 @@ def _chunk_dlogits_kernel(
 # Triton 3.6 and 3.9 (benchmarks/compile_check.py reports registers and spills; its test fails
 # on a spill). At 4 warps the 16-bit kernel with entropy hits the 255-register cap and spills;
 # the fp32 one at 8 warps and 3 stages is held to 80 registers by ptxas and spills, hence 2
-# stages and an explicit 128-register budget. Speed is measured by benchmarks/gpu_check.py.
-FWD_CONFIG = {"fp32": (32, 64, 32, 8, 2, 128), "16bit": (64, 128, 64, 8, 3, None)}
+# stages and an explicit 160-register budget (128 spills with Triton 3.6 at N = D = V = 1).
+# Speed is measured by benchmarks/gpu_check.py.
+FWD_CONFIG = {"fp32": (32, 64, 32, 8, 2, 160), "16bit": (64, 128, 64, 8, 3, None)}
 
 
 def _empty(shape, device, dtype):

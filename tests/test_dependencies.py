@@ -12,14 +12,23 @@ from oar_kernels import _deps
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A meta-path finder that makes `import triton` fail as on a machine without it.
+# Every meta-path finder wrapped so that it finds no `triton`, as on a machine without it: `import
+# triton` raises ModuleNotFoundError and importlib.util.find_spec("triton") returns None.
 HIDE_TRITON = textwrap.dedent("""
     import importlib.abc, sys
-    class _NoTriton(importlib.abc.MetaPathFinder):
+    class _WithoutTriton(importlib.abc.MetaPathFinder):
+        def __init__(self, inner):
+            self.inner = inner
         def find_spec(self, name, path=None, target=None):
-            if name == "triton" or name.startswith("triton."):
-                raise ModuleNotFoundError(f"No module named {name!r}")
-    sys.meta_path.insert(0, _NoTriton())
+            if name.split(".")[0] == "triton" or not hasattr(self.inner, "find_spec"):
+                return None
+            return self.inner.find_spec(name, path, target)
+        def find_distributions(self, *args, **kwargs):  # importlib.metadata asks this
+            found = getattr(self.inner, "find_distributions", lambda *a, **k: [])(*args, **kwargs)
+            return [d for d in found if (d.metadata["Name"] or "").lower() != "triton"]
+        def invalidate_caches(self):
+            getattr(self.inner, "invalidate_caches", lambda: None)()
+    sys.meta_path[:] = [_WithoutTriton(f) for f in sys.meta_path]
 """)
 
 CPU_PATHS_WITHOUT_TRITON = HIDE_TRITON + textwrap.dedent("""

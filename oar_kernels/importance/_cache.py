@@ -6,12 +6,15 @@ keys/values into the scratch tail right after the prefix and attends to the view
 no `torch.cat` of the whole cache per chunk and no cropping (the next chunk overwrites the
 tail). Which prefix keys a query may see is decided by the explicit 4-D attention mask.
 
-Built on transformers' layered Cache API (>= 4.56); `available()` says whether it can be used.
+Built on transformers' layered Cache API (>= 4.56), whose abstract layer methods changed names and
+arguments across releases (each variant is implemented below); `available()` says whether it exists.
 """
 from __future__ import annotations
 
 import functools
 import inspect
+
+import torch
 
 try:  # transformers >= 4.56: Cache is a list of CacheLayerMixin
     from transformers.cache_utils import Cache, CacheLayerMixin
@@ -37,8 +40,13 @@ class PrefixScratchLayer(CacheLayerMixin):
         super().__init__()
         self.extra = int(extra)
         self.prefix = 0
+        self.is_initialized = False  # the base class sets it only from transformers 4.57 on
 
-    def lazy_initialization(self, key_states, value_states):
+    def lazy_initialization(self, key_states, value_states=None):
+        # transformers < 5 declares it with key_states only (for early allocation, which this
+        # layer does not support: its first update() is the prefix); our update() passes both
+        if value_states is None:
+            raise NotImplementedError("PrefixScratchLayer is filled by its first update(), not allocated early")
         g, h, n, _ = key_states.shape
         self.dtype, self.device = key_states.dtype, key_states.device
         self.keys = key_states.new_empty((g, h, n + self.extra, key_states.shape[-1]))
@@ -59,13 +67,18 @@ class PrefixScratchLayer(CacheLayerMixin):
         self.values[:, :, n : n + q].copy_(value_states)
         return self.keys[:, :, : n + q], self.values[:, :, : n + q]
 
-    def get_mask_sizes(self, query_length: int):
-        return self.prefix + query_length, 0
+    def get_mask_sizes(self, query) -> tuple:
+        # transformers >= 5.5 passes the query length, earlier releases the cache positions
+        q = query.shape[-1] if isinstance(query, torch.Tensor) else int(query)
+        return self.prefix + q, 0
 
     def get_seq_length(self) -> int:
         return self.prefix
 
-    def get_max_length(self) -> int:
+    def get_max_length(self) -> int:  # the abstract method's name from transformers 5.17 on
+        return -1
+
+    def get_max_cache_shape(self) -> int:  # its name before
         return -1
 
 

@@ -26,7 +26,7 @@ PARAMS = dict(tau=0.25, beta=1.0, floor=0.1, sum_to_len=True)
 
 
 def numpy_loop(scores: np.ndarray, mask: np.ndarray, tau=0.25, beta=1.0, floor=0.1, sum_to_len=True):
-    """The baseline: OAR_SPEC.md section 5 written row by row with numpy."""
+    """The baseline: docs/algorithm.md section 5 written row by row with numpy."""
     out = np.ones(scores.shape, dtype=np.float32)
     for b in range(scores.shape[0]):
         keep = mask[b]

@@ -1,4 +1,4 @@
-/* Bi-Level reshaping (OAR_SPEC.md section 5) for CPU tensors, one row at a time.
+/* Bi-Level reshaping (docs/algorithm.md section 5) for CPU tensors, one row at a time.
 
    The math of oar_kernels/reference/bilevel.py in float32, rewritten for speed; results agree
    with the reference to a few ulp (tests/test_bilevel_native.py states the tolerance):

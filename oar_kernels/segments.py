@@ -2,7 +2,7 @@
 
 OAR scores the reasoning tokens by how much each one moves the model's final answer. The
 scoring sequence is prompt + reasoning + conclude (+ answer for the answer_* P_final modes);
-see OAR_SPEC.md section 2. Reasoning is always a prefix of the response, so the weights of
+see docs/algorithm.md section 2. Reasoning is always a prefix of the response, so the weights of
 response positions >= len(reasoning) (the answer statement, EOS) are 1.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""oar.group_advantages against a hand computation (OAR_SPEC.md §1)."""
+"""oar.group_advantages against a hand computation (docs/algorithm.md §1)."""
 import numpy as np
 import pytest
 import torch

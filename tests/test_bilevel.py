@@ -1,4 +1,4 @@
-"""oar.bilevel_reshape against an independent per-row numpy implementation of OAR_SPEC.md §5."""
+"""oar.bilevel_reshape against an independent per-row numpy implementation of docs/algorithm.md §5."""
 import numpy as np
 import pytest
 import torch

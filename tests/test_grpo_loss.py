@@ -67,7 +67,7 @@ def test_uniform_weights_match_liger(loss_type, beta, eps_high):
 
 
 def loop_loss(logp, old, adv, mask, weights, ref, eps_low, eps_high, beta, loss_type, max_len):
-    """Per-token Python loop, written straight from OAR_SPEC.md §6."""
+    """Per-token Python loop, written straight from docs/algorithm.md §6."""
     B, T = logp.shape
     total, per_seq, n_tok = 0.0, [], 0
     for i in range(B):

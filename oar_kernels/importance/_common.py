@@ -31,7 +31,7 @@ from ..reference.importance import (  # noqa: F401  (re-exported: one copy of ea
 )
 from ..segments import Segments
 
-LOG_EPS = 1e-12  # OAR-G's KL uses log(p + 1e-12) (OAR_SPEC.md section 4)
+LOG_EPS = 1e-12  # OAR-G's KL uses log(p + 1e-12) (docs/algorithm.md section 4)
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""OAR-G, batched: oar.gradient_importance (OAR_SPEC.md section 4).
+"""OAR-G, batched: oar.gradient_importance (docs/algorithm.md section 4).
 
 All scored responses of a group go through the model together as one right-padded batch
 (causal attention: real tokens never see the padding after them, so no mask is needed), cut

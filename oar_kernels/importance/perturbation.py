@@ -1,4 +1,4 @@
-"""OAR-P with prefix reuse: oar.perturbation_importance (OAR_SPEC.md section 3).
+"""OAR-P with prefix reuse: oar.perturbation_importance (docs/algorithm.md section 3).
 
 The sequence perturbed at reasoning position t equals the unperturbed one on its first
 P + t tokens (P = prompt length), so their keys/values are the same. For a group of g
@@ -269,7 +269,7 @@ def perturbation_importance(
 
     For each reasoning token t of each response, replace it by `perturb_token` and measure how
     P_final moves: KL(P_final || P_final^(t)) for mode "last" / "answer_mean", phi - phi^(t)
-    for "answer_joint" (OAR_SPEC.md sections 2-3). Equal to
+    for "answer_joint" (docs/algorithm.md sections 2-3). Equal to
     `oar_kernels.reference.perturbation_importance_naive`, at a fraction of its cost (module
     docstring).
 

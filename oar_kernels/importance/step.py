@@ -122,7 +122,7 @@ class OARGStep:
 
     Args:
         model: a transformers causal LM, in the mode it trains in.
-        mode: "last" | "answer_mean" | "answer_joint" (P_final; see OAR_SPEC.md).
+        mode: "last" | "answer_mean" | "answer_joint" (P_final; see docs/algorithm.md).
         noise_std: OAR-G noise of the KL modes (answer_joint uses none: first order).
         score: "grad_x_input" | "grad_norm".
         tau, beta, floor, sum_to_len: oar.bilevel_reshape's arguments.

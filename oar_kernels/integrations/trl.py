@@ -6,7 +6,7 @@
     trainer = OARGRPOTrainer(model=model, reward_funcs=reward_fn, args=args, train_dataset=ds)
     trainer.train()
 
-What changes against GRPOTrainer (OAR_SPEC.md section 2): after TRL has generated, scored
+What changes against GRPOTrainer (docs/algorithm.md section 2): after TRL has generated, scored
 and turned rewards into per-sequence advantages A_i, each completion that has an extractable
 final answer (and a non-zero advantage) is split into prompt | reasoning | conclude | answer,
 its reasoning tokens are scored with OAR-G (``oar.gradient_importance``) or OAR-P
@@ -148,7 +148,7 @@ class OARConfig(GRPOConfig):
 
     oar_algo: "oar-g" (input-gradient saliency, one extra backward per response) or "oar-p"
         (perturbation, one suffix forward per reasoning token).
-    oar_tau, oar_beta, oar_floor: Bi-Level reshaping (OAR_SPEC.md section 5): quantile level
+    oar_tau, oar_beta, oar_floor: Bi-Level reshaping (docs/algorithm.md section 5): quantile level
         splitting suppressed from boosted tokens, boost strength, smallest suppressed weight.
         oar_tau = 0 and oar_beta = 0 give weight 1 everywhere (plain GRPO).
     oar_pfinal_mode: "last", "answer_mean", "answer_joint" or "last_after_answer" (the

@@ -1,4 +1,4 @@
-"""Bi-Level reshaping (OAR_SPEC.md section 5) as a Triton kernel: one program per row.
+"""Bi-Level reshaping (docs/algorithm.md section 5) as a Triton kernel: one program per row.
 
 Same math as oar_kernels/reference/bilevel.py, in float32 (float64 scores are reduced to
 float32 after log1p). The quantile is exact without sorting: its two order statistics are

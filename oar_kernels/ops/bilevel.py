@@ -1,4 +1,4 @@
-"""oar.bilevel_reshape: token importance scores -> OAR weights (OAR_SPEC.md section 5)."""
+"""oar.bilevel_reshape: token importance scores -> OAR weights (docs/algorithm.md section 5)."""
 from __future__ import annotations
 
 import torch

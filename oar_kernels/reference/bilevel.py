@@ -1,4 +1,4 @@
-"""Bi-Level reshaping (OAR_SPEC.md section 5), vectorized over the batch in plain PyTorch.
+"""Bi-Level reshaping (docs/algorithm.md section 5), vectorized over the batch in plain PyTorch.
 
 This is both the test oracle for the Triton kernel and the CPU path of oar.bilevel_reshape.
 Rows are independent; each is reshaped over its masked positions only (any pattern, not

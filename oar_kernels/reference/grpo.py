@@ -1,4 +1,4 @@
-"""GRPO math in plain PyTorch (OAR_SPEC.md sections 1 and 6): the oracle and the CPU path.
+"""GRPO math in plain PyTorch (docs/algorithm.md sections 1 and 6): the oracle and the CPU path.
 
 Split into per-token loss and aggregation so fused paths reuse the same normalizers.
 """

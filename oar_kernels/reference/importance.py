@@ -1,4 +1,4 @@
-"""Naive, obviously-correct OAR-P and OAR-G token importance (OAR_SPEC.md sections 2-4).
+"""Naive, obviously-correct OAR-P and OAR-G token importance (docs/algorithm.md sections 2-4).
 
 These are the test oracles for oar_kernels.importance: every perturbed or noisy sequence gets
 its own full forward of the whole scoring sequence, with no prefix reuse and no padding.
@@ -232,7 +232,7 @@ def perturbation_importance_naive(
     mode: str = "last",
     perturb_token: Optional[int] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """OAR-P: I_t from replacing reasoning token t by `perturb_token` (OAR_SPEC.md section 3).
+    """OAR-P: I_t from replacing reasoning token t by `perturb_token` (docs/algorithm.md section 3).
 
     KL modes: I_t = KL(P_final || P_final^(t)); answer_joint: I_t = phi - phi^(t).
     One batch-1 forward of the whole scoring sequence per reasoning token, the same shape as
@@ -301,7 +301,7 @@ def gradient_importance_naive(
     score: str = "grad_x_input",
     generator: Optional[torch.Generator] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """OAR-G: input-gradient saliency of the reasoning tokens (OAR_SPEC.md section 4).
+    """OAR-G: input-gradient saliency of the reasoning tokens (docs/algorithm.md section 4).
 
     Per scored response, three passes over its scoring sequence: a clean forward without
     gradient (teacher P_clean or phi_clean); a forward on the input embeddings with noise

@@ -1,4 +1,4 @@
-"""Gradient saliency per token (OAR_SPEC.md section 4), plain PyTorch: the test oracle.
+"""Gradient saliency per token (docs/algorithm.md section 4), plain PyTorch: the test oracle.
 
 Given g = dJ/dy and the clean input x, both [B, T, D]:
     grad_x_input = |<g_t, x_t>|  and  grad_norm = ||g_t||_2, each [B, T] float32.

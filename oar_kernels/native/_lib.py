@@ -5,7 +5,7 @@ headers, so any C compiler builds them in well under a second, the library does 
 the torch ABI, and ctypes releases the GIL during a call, so row ranges can run on several
 Python threads.
 
-setup.py builds csrc/<name>.c into oar_kernels/native/_<name><extension suffix> (a setuptools
+setup.py builds csrc/<name>.c into this folder as _<name> + the extension suffix (a setuptools
 Extension marked optional: it holds no Python module, only C symbols for ctypes). Nothing is
 compiled at run time, so a read-only install works. No library (no compiler at install time,
 a failed build, a platform without one) or OAR_KERNELS_NATIVE=0 in the environment: load()

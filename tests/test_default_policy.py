@@ -1,0 +1,72 @@
+"""The default job's policy: shipped in the package, built by the project's warm-start script,
+and used only while its recipe key matches the recipe in the code."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from oar_kernels.models import policy
+from oar_kernels.models import SHIPPED_DIR, WarmStartRecipe, default_policy_path, folder_recipe_key, load_default_policy
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "warm_start_default_policy.py"
+TINY = dict(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, steps=3, batch_size=4, warmup_steps=1,
+            num_threads=1)
+
+
+def test_shipped_weights_carry_the_current_recipe_key():
+    with open(os.path.join(SHIPPED_DIR, policy.RECIPE_FILE)) as f:
+        meta = json.load(f)
+    recipe = WarmStartRecipe()
+    assert meta["key"] == recipe.key()
+    assert meta["recipe"] == {k: v for k, v in recipe.__dict__.items()}  # every field, not only the hash
+    res = subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_shipped_policy_loads_without_a_warm_start(monkeypatch, tmp_path):
+    def no_build(*a, **k):
+        raise AssertionError("the default recipe must not be warm-started: its weights ship with the package")
+
+    monkeypatch.setattr(policy, "build_default_policy", no_build)
+    model, tok, path = load_default_policy(cache_dir=str(tmp_path), progress=False, log=lambda *a: None)
+    assert path == SHIPPED_DIR and not list(tmp_path.iterdir())  # nothing written to the cache
+    n = sum(p.numel() for p in model.parameters())
+    assert 300_000 < n < 800_000, n  # the ~0.5M-parameter policy the README describes
+    size = os.path.getsize(os.path.join(SHIPPED_DIR, "model.safetensors"))
+    assert size < 4 * 1024 * 1024, size
+    ids = tok("12 + 30 = ", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=ids).logits).all()
+
+
+def test_another_recipe_is_warm_started_into_the_cache(tmp_path):
+    recipe = WarmStartRecipe(**TINY)
+    path = default_policy_path(str(tmp_path), recipe)
+    assert path != SHIPPED_DIR and path.startswith(str(tmp_path)) and recipe.key() in path
+    model, tok, got = load_default_policy(cache_dir=str(tmp_path), recipe=recipe, progress=False, log=lambda *a: None)
+    assert got == path and folder_recipe_key(path) == recipe.key()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # written atomically, nothing left over
+    assert model.config.hidden_size == 16
+
+
+def test_warm_start_script_is_deterministic(tmp_path):
+    """A short warm start through the script: same recipe, same weights; another seed, others."""
+    from safetensors.torch import load_file
+
+    def run(out, seed):
+        args = [sys.executable, str(SCRIPT), "--out", str(out), "--no-progress", "--seed", str(seed)]
+        for k, v in TINY.items():
+            args += [f"--{k}", str(v)]
+        res = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return load_file(str(out / "model.safetensors"))
+
+    a, b, c = run(tmp_path / "a", 0), run(tmp_path / "b", 0), run(tmp_path / "c", 1)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    assert folder_recipe_key(str(tmp_path / "a")) == WarmStartRecipe(**TINY).key()

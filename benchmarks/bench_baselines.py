@@ -9,9 +9,10 @@ Parts (each a table; ratios are taken within this one run):
             ChunkedLogProbFunction, liger's LigerFusedLinearScaledCrossEntropyFunction and
             LigerFusedLinearGRPOLoss (compiled=True, as its users run it), Cut Cross-Entropy
             exact (its torch.compile path: its kernels need a GPU), eager and torch.compile'd
-            eager. Each variant in a fresh subprocess: time = median of --reps after one warm-up
-            call (torch.compile's compile happens there), peak memory = growth of the process's
-            peak RSS during the warm-up call.
+            eager. Peak memory: each variant alone in a fresh subprocess, growth of the peak RSS
+            during its second fwd+bwd (the first compiles where torch.compile is used). Time: all variants of an op in one process, warmed up once, then
+            --reps rounds of one call each, round-robin (load changes on a shared machine hit
+            every variant alike); the median per variant.
   bilevel   oar.bilevel_reshape's C kernel against its vectorized torch path (the strongest
             torch baseline) and the per-row numpy loop, B=256 T=2048 (bench_bilevel.cpu_comparison).
   trainer   oar_kernels.integrations.trl.OARGRPOTrainer (OAR-G, and OAR-P) against TRL's
@@ -44,17 +45,12 @@ PLAN = [
 ]
 
 
-def _child(op: str, name: str, reps: int, threads: int, small: bool) -> dict:
+def _inputs(op: str, small: bool):
     import torch
-
-    from bench_linear_logprob import _peak_mb, _reset_peak, _rss_mb
-
-    torch.manual_seed(0)
-    torch.set_num_threads(threads)
-    import lm_head_baselines as lb
 
     import oar_kernels as oar
 
+    torch.manual_seed(0)
     if op == "grpo":
         B, T, D, V = (2, 16, 32, 300) if small else GRPO_SHAPE
         N = B * T
@@ -64,62 +60,98 @@ def _child(op: str, name: str, reps: int, threads: int, small: bool) -> dict:
     w = (torch.randn(V, D) / D**0.5).requires_grad_(True)
     t = torch.randint(0, V, (N,))
     g, g2 = torch.randn(N), torch.randn(N)
+    x = dict(N=N, D=D, V=V, h=h, w=w, t=t, g=g, g2=g2)
     if op == "grpo":
         h3 = h.detach().view(B, T, D).requires_grad_(True)
         mask = torch.ones(B, T, dtype=torch.bool)
         mask[:, T * 3 // 4:] = torch.rand(B, T - T * 3 // 4) > 0.5
         with torch.no_grad():
             old = oar.fused_linear_logprob(h, w, t, backend="torch").view(B, T) + 0.05 * torch.randn(B, T)
-        fns, missing = lb.make_grpo(h3, w, t.view(B, T), old, torch.randn(B), mask, names=(name,))
-    else:
-        fns, missing = lb.make_logprob(h, w, t, g, g2, entropy=op.endswith("entropy"), names=(name,))
+        x.update(h3=h3, t2=t.view(B, T), mask=mask, old=old, adv=torch.randn(B))
+    return x
+
+
+def _make(op: str, names, x):
+    import lm_head_baselines as lb
+
+    if op == "grpo":
+        return lb.make_grpo(x["h3"], x["w"], x["t2"], x["old"], x["adv"], x["mask"], names=names)
+    return lb.make_logprob(x["h"], x["w"], x["t"], x["g"], x["g2"], entropy=op.endswith("entropy"), names=names)
+
+
+def _child(op: str, name: str, threads: int, small: bool) -> dict:
+    """Peak memory of one fwd+bwd of one variant in a fresh process (and its first-call time)."""
+    import torch
+
+    from bench_linear_logprob import _peak_mb, _reset_peak, _rss_mb
+
+    torch.set_num_threads(threads)
+    x = _inputs(op, small)
+    fns, missing = _make(op, (name,), x)
     if name in missing:
         return {"missing": missing[name]}
-    fn = fns[name]
     import gc
 
+    t0 = time.perf_counter()
+    out = fns[name]()  # compiles where torch.compile is used (the compiler's memory is not counted)
+    first = time.perf_counter() - t0
+    del out
     gc.collect()
     base = _rss_mb()
     if not _reset_peak():
         base = _peak_mb()
-    t0 = time.perf_counter()
-    out = fn()  # warm-up (compiles where torch.compile is used) and the memory peak
-    first = time.perf_counter() - t0
-    peak = _peak_mb() - base
-    del out
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-        del out
-    return {"time_s": statistics.median(times), "first_s": first, "peak_mb": peak, "N": N, "D": D, "V": V}
+    out = fns[name]()
+    return {"first_s": first, "peak_mb": _peak_mb() - base, "N": x["N"], "D": x["D"], "V": x["V"]}
+
+
+def _interleaved(op: str, names, reps: int, threads: int, small: bool, log) -> dict:
+    """Median seconds per fwd+bwd, all variants in this process, timed round-robin (one call of
+    each per round) so that a load change on the shared machine hits every variant alike."""
+    import torch
+
+    torch.set_num_threads(threads)
+    x = _inputs(op, small)
+    fns, missing = _make(op, names, x)
+    for fn in fns.values():  # warm-up (and torch.compile's compile)
+        del_ = fn()
+        del del_
+    times = {n: [] for n in fns}
+    for r in range(reps):
+        for n, fn in fns.items():
+            t0 = time.perf_counter()
+            out = fn()
+            times[n].append(time.perf_counter() - t0)
+            del out
+        log(f"{op} round {r + 1}: " + ", ".join(f"{n} {v[-1]:.2f}s" for n, v in times.items()))
+    return {n: statistics.median(v) for n, v in times.items()}
 
 
 def lm_head_table(reps: int, threads: int, small: bool, log) -> list[str]:
-    lines = [f"| op | shape (fp32) | variant | time (s) | peak MB | time vs oar | memory vs oar |",
+    lines = ["| op | shape (fp32) | variant | time (s) | peak MB | time vs oar | memory vs oar |",
              "|---|---|---|---:|---:|---:|---:|"]
     for op, names in PLAN:
-        res = {}
-        for name in names:
-            cmd = [sys.executable, os.path.abspath(__file__), "--child", f"{op}:{name}", "--reps", str(reps),
+        mem = {}
+        for name in names:  # memory: each variant alone in a fresh process
+            cmd = [sys.executable, os.path.abspath(__file__), "--child", f"{op}:{name}",
                    "--threads", str(threads)] + (["--small"] if small else [])
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0:
-                res[name] = {"error": (r.stderr.strip().splitlines() or ["?"])[-1][:150]}
+                mem[name] = {"error": (r.stderr.strip().splitlines() or ["?"])[-1][:150]}
             else:
-                res[name] = json.loads(r.stdout.strip().splitlines()[-1])
-            log(f"{op} {name}: {res[name]}")
-        ours = res.get("oar", {})
+                mem[name] = json.loads(r.stdout.strip().splitlines()[-1])
+            log(f"{op} {name}: {mem[name]}")
+        have = tuple(n for n in names if "peak_mb" in mem[n])
+        sec = _interleaved(op, have, reps, threads, small, log)
+        ours_t, ours_m = sec.get("oar"), mem.get("oar", {}).get("peak_mb")
+        shape = next((f"N={m['N']} D={m['D']} V={m['V']}" for m in mem.values() if "N" in m), "-")
         for name in names:
-            r = res[name]
-            shape = f"N={ours.get('N')} D={ours.get('D')} V={ours.get('V')}"
-            if "time_s" not in r:
-                lines.append(f"| {op} | {shape} | {name} | {r.get('missing') or r.get('error')} | | | |")
+            m = mem[name]
+            if name not in sec:
+                lines.append(f"| {op} | {shape} | {name} | {m.get('missing') or m.get('error')} | | | |")
                 continue
-            tr = r["time_s"] / ours["time_s"] if "time_s" in ours else float("nan")
-            mr = r["peak_mb"] / max(ours["peak_mb"], 1e-9) if "peak_mb" in ours else float("nan")
-            lines.append(f"| {op} | {shape} | {name} | {r['time_s']:.3f} | {r['peak_mb']:.0f} | {tr:.2f}x | {mr:.2f}x |")
+            tr = f"{sec[name] / ours_t:.2f}x" if ours_t else "-"
+            mr = f"{m['peak_mb'] / max(ours_m, 1e-9):.2f}x" if ours_m else "-"
+            lines.append(f"| {op} | {shape} | {name} | {sec[name]:.3f} | {m['peak_mb']:.0f} | {tr} | {mr} |")
     return lines
 
 
@@ -161,7 +193,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.child:
         op, name = args.child.split(":")
-        print(json.dumps(_child(op, name, args.reps, args.threads, args.small)))
+        print(json.dumps(_child(op, name, args.threads, args.small)))
         return 0
 
     def log(msg):

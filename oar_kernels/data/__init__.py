@@ -29,14 +29,16 @@ def format_prompt(question: str, template: str = DEFAULT_PROMPT_TEMPLATE) -> str
 def load_task(spec: str, eval_dataset: Optional[str] = None, eval_size: int = 200, seed: int = 0):
     """A task from a spec string.
 
-    "arithmetic" or "arithmetic:MIN-MAX" (terms per problem): the generated task.
+    "arithmetic" or "arithmetic:MIN-MAX" (terms per problem): the generated task;
+    "arithmetic_plan[:MIN-MAX]": the same with a plan line "Steps: K" opening every solution.
     "*.jsonl" / "jsonl:PATH": a local JSONL file.
     "hf:NAME[:CONFIG]", "gsm8k", "math": a `datasets` data set.
     "gsm_symbolic[:SIZE]", "rg:NAME[:SIZE]": problems generated offline by reasoning-gym.
     """
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"dataset: expected a non-empty string, got {spec!r}")
-    if spec == "arithmetic" or spec.startswith("arithmetic:"):
+    if spec in ("arithmetic", "arithmetic_plan") or spec.startswith(("arithmetic:", "arithmetic_plan:")):
+        plan = spec.startswith("arithmetic_plan")
         if ":" in spec:
             try:
                 lo, hi = (int(x) for x in spec.split(":", 1)[1].split("-"))
@@ -44,8 +46,8 @@ def load_task(spec: str, eval_dataset: Optional[str] = None, eval_size: int = 20
                 raise ValueError(f"dataset: expected 'arithmetic:MIN-MAX' (terms), got {spec!r}") from None
             if not 2 <= lo <= hi:
                 raise ValueError(f"dataset: need 2 <= MIN <= MAX terms, got {spec!r}")
-            return ArithmeticTask(min_terms=lo, max_terms=hi)
-        return ArithmeticTask()
+            return ArithmeticTask(min_terms=lo, max_terms=hi, plan=plan)
+        return ArithmeticTask(plan=plan)
     from .reasoning_gym import load_reasoning_gym_task, parse_spec
 
     rg = parse_spec(spec)
@@ -60,5 +62,5 @@ def load_task(spec: str, eval_dataset: Optional[str] = None, eval_size: int = 20
         return load_hf_task(parts[0], parts[1] if len(parts) > 1 else None, eval_size=eval_size, seed=seed)
     if spec.lower() in ("gsm8k", "math"):
         return load_hf_task(spec, eval_size=eval_size, seed=seed)
-    raise ValueError(f"dataset: unknown spec {spec!r} (arithmetic, PATH.jsonl, hf:NAME[:CONFIG], gsm8k, math, "
+    raise ValueError(f"dataset: unknown spec {spec!r} (arithmetic, arithmetic_plan, PATH.jsonl, hf:NAME[:CONFIG], gsm8k, math, "
                      "gsm_symbolic[:SIZE], rg:NAME[:SIZE])")

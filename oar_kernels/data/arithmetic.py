@@ -2,6 +2,7 @@
 
     Question: "What is 17 + 8 - 12?"
     Solution: "17 + 8 = 25\n25 - 12 = 13\nThe answer is 13."
+    With plan=True ("arithmetic_plan"): "Steps: 2\n17 + 8 = 25\n25 - 12 = 13\nThe answer is 13."
 
 A problem belongs to the held-out split when a stable hash of its question falls in the
 held-out bucket, so the two splits never share a question whatever the seed or sizes.
@@ -36,6 +37,11 @@ class ArithmeticTask:
     0.5 so that the policy starts with a habit RL can remove. `answer` stays the true result
     (a shortcut's is always wrong: every operand is >= 1). The RL task and the held-out split
     use 0.
+
+    plan: solutions open with a plan line "Steps: K" (K = the number of steps written). In a
+    shortcut solution K is 1, so one early reasoning token decides whether the solution stops
+    after the first step, and the first step's tokens are the same in right and wrong
+    solutions: a task where credit assignment matters by construction (issue 15).
     """
 
     lo: int = 1
@@ -46,6 +52,7 @@ class ArithmeticTask:
     op_lo: Optional[int] = None
     op_hi: Optional[int] = None
     shortcut_frac: float = 0.0
+    plan: bool = False
 
     def sample(self, rng: random.Random) -> Example:
         while True:
@@ -71,8 +78,12 @@ class ArithmeticTask:
             # a shortcut solution: stops after the first step and reports its (wrong) result
             first = steps[0].rsplit(" = ", 1)[1]
             solution = f"{steps[0]}\n{CONCLUDE_TEXT}{first}."
+            if self.plan:
+                solution = f"Steps: 1\n{solution}"
         else:
             solution = "\n".join(steps) + f"\n{CONCLUDE_TEXT}{value}."
+            if self.plan:
+                solution = f"Steps: {len(steps)}\n{solution}"
         return Example(question=f"What is {question}?", answer=str(value), solution=solution)
 
     def _stream(self, seed: int, held_out: bool) -> Iterator[Example]:

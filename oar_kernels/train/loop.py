@@ -111,15 +111,17 @@ def resolve_device(cfg: TrainConfig, dist: Dist) -> torch.device:
 # -- model and optimiser -------------------------------------------------------------------
 
 def load_policy(cfg: TrainConfig, dist: Dist, log: Callable):
-    """(model, tokenizer, path) on CPU; the default policy is built once (by rank 0)."""
+    """(model, tokenizer, path) on CPU; the default policy ships in the package (built by rank 0 only for
+    a changed recipe)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = getattr(torch, cfg.dtype)
     if cfg.model == "default":
-        from ..models import load_default_policy
+        from ..models import WarmStartRecipe, build_default_policy, default_policy_path, folder_recipe_key, load_default_policy
 
-        if dist.main:
-            load_default_policy(cfg.cache_dir or None, progress=cfg.progress, log=log)
+        path = default_policy_path(cfg.cache_dir or None)
+        if dist.main and folder_recipe_key(path) != WarmStartRecipe().key():  # shipped in the package: never
+            build_default_policy(path, progress=cfg.progress, log=log)
         dist.barrier()
         model, tok, path = load_default_policy(cfg.cache_dir or None, progress=False, log=log)
         return model.to(dtype), tok, path

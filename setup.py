@@ -14,8 +14,11 @@ Why each bound (README.md, "Install", has the same list):
 - transformers >= 4.56, < 6: the layered Cache API (CacheLayerMixin) that OAR-P's prefix cache
   and OAR-G's packed noisy pass build on, and `from_pretrained(dtype=...)`; the major version
   above is unknown.
-- triton >= 3.0 on Linux only (no wheels elsewhere; every CPU path works without it):
-  `triton.language.extra.libdevice`, `tl.dot(input_precision=...)`.
+- triton: not required. Its kernels only run on CUDA tensors, and torch's CUDA wheels for Linux
+  already require the Triton they were built with; a CPU-only machine never uses it (every CPU
+  path works without it), macOS and Windows have no wheels. The `gpu` extra asks for it where a
+  CUDA torch came without it (conda, source builds); the `dev` extra for the interpreter tests.
+  >= 3.0: `triton.language.extra.libdevice`, `tl.dot(input_precision=...)`.
 """
 from pathlib import Path
 
@@ -24,6 +27,8 @@ from setuptools import Extension, find_packages, setup
 here = Path(__file__).parent
 version = {}
 exec((here / "oar_kernels" / "_version.py").read_text(), version)
+
+TRITON = "triton>=3.0; sys_platform == 'linux'"  # wheels exist for Linux only
 
 native_kernels = [
     Extension(
@@ -54,7 +59,6 @@ setup(
     ext_modules=native_kernels,
     install_requires=[
         "torch>=2.6",
-        "triton>=3.0; sys_platform == 'linux'",
         "transformers>=4.56,<6",
         "numpy",
         "math-verify>=0.7",
@@ -65,7 +69,8 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-benchmark>=4", "scipy", "tokenizers", "liger-kernel>=0.6", "trl>=1.16,<2",
-                "accelerate", "datasets", "reasoning-gym>=0.1.25"],
+                "accelerate", "datasets", "reasoning-gym>=0.1.25", TRITON],
+        "gpu": [TRITON],
         "bench": ["liger-kernel>=0.6", "trl>=1.16,<2", "accelerate", "datasets"],
         "vllm": ["vllm"],
         "trl": ["trl>=1.16,<2", "accelerate", "datasets"],

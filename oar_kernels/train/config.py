@@ -43,7 +43,7 @@ class TrainConfig:
     num_threads: int = _f(0, "CPU threads for torch; 0: auto (the cores not already busy, per the load average, "
                           "at least 1: oversubscribed OpenMP threads slow small models down many times)")
     # batch and schedule
-    max_steps: int = _f(25, "optimizer steps")
+    max_steps: int = _f(20, "optimizer steps")
     prompts_per_step: int = _f(8, "prompts per optimizer step, over all processes (each gets num_generations responses)")
     num_generations: int = _f(8, "responses sampled per prompt (the GRPO group size), >= 2")
     gradient_accumulation_steps: int = _f(1, "micro-batches each process splits its step's responses into (exact: "

@@ -70,3 +70,28 @@ def test_warm_start_script_is_deterministic(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
     assert folder_recipe_key(str(tmp_path / "a")) == WarmStartRecipe(**TINY).key()
+
+
+def test_default_run_computes_the_same_at_1_and_2_threads(tmp_path):
+    """The default job's figures must not depend on the thread count (which the trainer picks from
+    the machine's load): a short run of the shipped policy at 1 and 2 threads gives the same
+    held-out accuracy and per-step losses, gradient norms and rewards (bitwise on the machines
+    measured; a relative 1e-6 is allowed for BLAS builds that split sums by thread)."""
+    from oar_kernels.train import from_dict, train
+
+    rows, before = {}, torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            out = tmp_path / f"t{n}"
+            cfg = from_dict(dict(output_dir=str(out), max_steps=2, prompts_per_step=2, num_generations=4,
+                                 eval_size=16, progress=False, save_every=0, num_threads=n, html_samples=0))
+            train(cfg, log=lambda *a: None)
+            with open(out / "metrics.jsonl") as f:
+                rows[n] = [json.loads(line) for line in f]
+    finally:
+        torch.set_num_threads(before)  # the trainer sets it for the process
+    assert [r["kind"] for r in rows[1]] == [r["kind"] for r in rows[2]]
+    for a, b in zip(rows[1], rows[2]):
+        for key in ("eval_accuracy", "reward", "completion_length", "loss", "grad_norm", "weight_std"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (a["step"], key)

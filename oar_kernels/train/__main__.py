@@ -4,9 +4,9 @@ import sys
 DESCRIPTION = """\
 Trains a causal LM with GRPO, OAR-G or OAR-P (Outcome-grounded Advantage Reshaping).
 
-With no arguments: builds the generated arithmetic task, warm-starts the small default policy
-on the CPU (first run only; cached afterwards), evaluates it on held-out problems, trains it
-with OAR-G and evaluates it again. Outputs go to runs/<algo>-seed<seed>/: metrics.jsonl,
+With no arguments: builds the generated arithmetic task, loads the small default policy shipped
+in the package, evaluates it on held-out problems, trains it with OAR-G on the CPU (20 steps of
+8 prompts x 8 responses) and evaluates it again. Outputs go to runs/<algo>-seed<seed>/: metrics.jsonl,
 config.yaml (pass it back with --config), checkpoints/, reward.png, accuracy.png,
 weights.html (tokens coloured by OAR weight), final/ (save_pretrained folder).
 

@@ -26,7 +26,7 @@ class TrainConfig:
     # what to train
     algo: str = _f("oar-g", "algorithm: GRPO, or GRPO with OAR weights from OAR-G (gradient) / OAR-P (perturbation)",
                    ("grpo", "oar-g", "oar-p"))
-    model: str = _f("default", "policy: 'default' (the built-in small model, warm-started and cached on first use) "
+    model: str = _f("default", "policy: 'default' (the built-in small model, shipped in the package) "
                     "or a transformers model name / local folder")
     cache_dir: str = _f("", "where the default policy is cached (default: $OAR_KERNELS_CACHE or ~/.cache/oar_kernels)")
     dataset: str = _f("arithmetic", "data: 'arithmetic[:MIN-MAX]' (generated), PATH.jsonl (question/answer fields), "

@@ -69,7 +69,8 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-benchmark>=4", "scipy", "tokenizers", "liger-kernel>=0.6", "trl>=1.16,<2",
-                "accelerate", "datasets", "reasoning-gym>=0.1.25", TRITON],
+                "accelerate", "datasets", "reasoning-gym>=0.1.25", TRITON,
+                "setuptools>=64"],  # tests/test_install.py builds the wheel without isolation
         "gpu": [TRITON],
         "bench": ["liger-kernel>=0.6", "trl>=1.16,<2", "accelerate", "datasets"],
         "vllm": ["vllm"],

@@ -194,7 +194,7 @@ def _synthetic_segments():
     from oar_kernels.train import loop
 
     orig = loop.build_segments
-    loop.build_segments = lambda p, r, tok, conclude_text, response_text=None: synthetic_segments(p, r, tok, conclude_text)
+    loop.build_segments = lambda p, r, tok, conclude_text, response_text=None, **_: synthetic_segments(p, r, tok, conclude_text)
     try:
         yield
     finally:

@@ -29,8 +29,9 @@ class TrainConfig:
     model: str = _f("default", "policy: 'default' (the built-in small model, shipped in the package) "
                     "or a transformers model name / local folder")
     cache_dir: str = _f("", "where the default policy is cached (default: $OAR_KERNELS_CACHE or ~/.cache/oar_kernels)")
-    dataset: str = _f("arithmetic", "data: 'arithmetic[:MIN-MAX]' (generated), PATH.jsonl (question/answer fields), "
-                      "'hf:NAME[:CONFIG]', 'gsm8k' or 'math' (the last three need `datasets`)")
+    dataset: str = _f("arithmetic", "data: 'arithmetic[:MIN-MAX]' or 'arithmetic_plan[:MIN-MAX]' (generated), "
+                      "'gsm_symbolic[:SIZE]' or 'rg:NAME[:SIZE]' (reasoning-gym, generated offline), PATH.jsonl "
+                      "(question/answer fields), 'hf:NAME[:CONFIG]', 'gsm8k' or 'math' (the last three need `datasets`)")
     eval_dataset: str = _f("", "held-out JSONL for file data sets (default: a seeded slice of the training file)")
     prompt_template: str = _f("{question}\n", "prompt format; {question} is replaced by the question")
     reward_fn: str = _f("oar_kernels.rewards:accuracy_reward",

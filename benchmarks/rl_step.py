@@ -76,8 +76,8 @@ def make_config(algo="grpo", prompts=16, num_generations=8, max_completion_lengt
 
 
 def load_model(model: str, device: torch.device, dtype: str = "float32", log: Callable = print):
-    """(model, tokenizer, path) through the trainer's loader ('default': cached warm start,
-    built on first use)."""
+    """(model, tokenizer, path) through the trainer's loader ('default': the policy shipped
+    in the package)."""
     from oar_kernels.train.loop import Dist, load_policy
 
     cfg = make_config(model=model, dtype=dtype)

@@ -1,4 +1,4 @@
-"""The default policy: a small Llama-architecture LM over characters, warm-started in process.
+"""The default policy: a small Llama-architecture LM over characters, shipped with the package.
 
     model, tokenizer, path = load_default_policy()   # the weights shipped in default_policy/
 

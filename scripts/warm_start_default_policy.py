@@ -2,7 +2,7 @@
 in oar_kernels/models/default_policy/ (and that any other WarmStartRecipe goes through).
 
     python scripts/warm_start_default_policy.py                  # rebuild the shipped folder
-    python scripts/warm_start_default_policy.py --out /tmp/p --steps 200 --seed 1
+    python scripts/warm_start_default_policy.py --out my_policy --steps 200 --seed 1
     python scripts/warm_start_default_policy.py --check          # shipped folder matches the recipe?
 
 The run is deterministic for a given recipe (seed, steps, threads, ...) on one machine's torch

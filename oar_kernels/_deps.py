@@ -13,7 +13,7 @@ from importlib import metadata
 from typing import Tuple
 
 TRANSFORMERS_RANGE = ((4, 56), (6, 0))  # [lowest, first unsupported)
-TRANSFORMERS_SPEC = "transformers>=4.56,<6"
+TRANSFORMERS_SPEC = "transformers>={}.{},<{}".format(*TRANSFORMERS_RANGE[0], TRANSFORMERS_RANGE[1][0])
 
 
 def _release(version: str) -> Tuple[int, ...]:

@@ -11,9 +11,10 @@ from .._deps import require_transformers
 require_transformers()  # one clear message for a missing or unsupported transformers
 
 from .policy import (CACHE_ENV, SHIPPED_DIR, WarmStartRecipe, build_default_policy, build_model, default_cache_dir,
-                     default_policy_path, folder_recipe_key, load_default_policy, sft_batch, warm_start)
+                     default_policy_path, ensure_default_policy, folder_recipe_key, load_default_policy, sft_batch,
+                     warm_start)
 from .tokenizer import build_char_tokenizer
 
 __all__ = ["CACHE_ENV", "SHIPPED_DIR", "WarmStartRecipe", "build_default_policy", "build_model", "build_char_tokenizer",
-           "default_cache_dir", "default_policy_path", "folder_recipe_key", "load_default_policy", "sft_batch",
-           "warm_start"]
+           "default_cache_dir", "default_policy_path", "ensure_default_policy", "folder_recipe_key",
+           "load_default_policy", "sft_batch", "warm_start"]

@@ -190,15 +190,23 @@ def default_policy_path(cache_dir: Optional[str] = None, recipe: WarmStartRecipe
     return os.path.join(cache_dir or default_cache_dir(), f"default-policy-{recipe.key()}")
 
 
-def load_default_policy(cache_dir: Optional[str] = None, recipe: WarmStartRecipe = WarmStartRecipe(),
-                        prompt_template: str = "{question}\n", progress: bool = True, log=print):
-    """(model, tokenizer, path): the default recipe's policy ships with the package and loads at
-    once; another recipe is warm-started (minutes on 2 CPU cores) into the cache on first use."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def ensure_default_policy(cache_dir: Optional[str] = None, recipe: WarmStartRecipe = WarmStartRecipe(),
+                          prompt_template: str = "{question}\n", progress: bool = True, log=print) -> str:
+    """The folder of `recipe`'s policy: the shipped one, or a cache folder warm-started (minutes on
+    2 CPU cores) when it does not exist yet."""
     path = default_policy_path(cache_dir, recipe)
     if folder_recipe_key(path) != recipe.key():
         build_default_policy(path, recipe, prompt_template, progress, log)
+    return path
+
+
+def load_default_policy(cache_dir: Optional[str] = None, recipe: WarmStartRecipe = WarmStartRecipe(),
+                        prompt_template: str = "{question}\n", progress: bool = True, log=print):
+    """(model, tokenizer, path): the default recipe's policy ships with the package and loads at
+    once; another recipe is warm-started into the cache on first use (ensure_default_policy)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = ensure_default_policy(cache_dir, recipe, prompt_template, progress, log)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     return model, tokenizer, path

@@ -117,11 +117,10 @@ def load_policy(cfg: TrainConfig, dist: Dist, log: Callable):
 
     dtype = getattr(torch, cfg.dtype)
     if cfg.model == "default":
-        from ..models import WarmStartRecipe, build_default_policy, default_policy_path, folder_recipe_key, load_default_policy
+        from ..models import ensure_default_policy, load_default_policy
 
-        path = default_policy_path(cfg.cache_dir or None)
-        if dist.main and folder_recipe_key(path) != WarmStartRecipe().key():  # shipped in the package: never
-            build_default_policy(path, progress=cfg.progress, log=log)
+        if dist.main:  # the shipped policy: nothing to do; a changed recipe is warm-started once
+            ensure_default_policy(cfg.cache_dir or None, progress=cfg.progress, log=log)
         dist.barrier()
         model, tok, path = load_default_policy(cfg.cache_dir or None, progress=False, log=log)
         return model.to(dtype), tok, path

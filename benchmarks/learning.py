@@ -2,7 +2,7 @@
 
     python benchmarks/learning.py                                   # 3 algos x seeds 0 1 2, 30 steps, eval every 5
     python benchmarks/learning.py --seeds 0 1 2 3 4 --eval_size 1000    # the run in benchmarks/RESULTS.md
-    python benchmarks/learning.py --report_only                     # tables/plot from the runs already there
+    python benchmarks/learning.py --report_only                     # tables/plots from the runs already there
     python benchmarks/learning.py --seeds 0 1 -- --learning_rate 5e-5   # flags after `--` go to every run
 
 Each (algo, seed) is one `python -m oar_kernels.train` subprocess, run one after the other in
@@ -17,7 +17,10 @@ steps and at the end.
 Outputs in --out (default runs/learning):
   <algo>-seed<S>/      the trainer's run directory (metrics.jsonl, summary.json, ...), plus
                        train.log (the trainer's output) and bench.json (wall time, git commit)
-  learning.png         held-out accuracy vs step: mean over seeds per algo, band = min..max over seeds
+  learning.png         held-out accuracy at each evaluation, points per algo: mean over seeds,
+                       bar = min..max over seeds, a dot per seed (no line between evaluations)
+  learning_reward.png  training reward vs step, one curve per algo: mean over seeds of each
+                       seed's moving average, band = min..max over seeds
   learning.md          the final numbers (mean +- sample std over seeds), per-seed finals,
                        the curve as numbers, timings, the command, date and git commit
 
@@ -40,7 +43,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-from oar_kernels.train.report import read_jsonl  # a line cut short by a kill ends the file
+from oar_kernels.train.report import moving_average, read_jsonl  # read_jsonl: a line cut short by a kill ends the file
 
 ALGOS = ("grpo", "oar-g", "oar-p")
 COLORS = {"grpo": "tab:gray", "oar-g": "tab:blue", "oar-p": "tab:orange"}
@@ -67,8 +70,9 @@ def read_json(path: str) -> Optional[dict]:
 
 
 def load_run(path: str) -> Optional[dict]:
-    """{evals: {step: accuracy}, steps, s_per_step and s_importance (medians over steps),
-    reward_first, reward_last, wall_s, commit} of one run directory, or None when it has no metrics."""
+    """{evals: {step: accuracy}, rewards: {step: batch-mean reward}, steps, s_per_step and
+    s_importance (medians over steps), reward_first, reward_last, wall_s, commit} of one run
+    directory, or None when it has no metrics."""
     rows = read_jsonl(os.path.join(path, "metrics.jsonl"))
     if not rows:
         return None
@@ -86,6 +90,7 @@ def load_run(path: str) -> Optional[dict]:
     wall = bench.get("wall_s", summary.get("wall_time"))
     return {
         "evals": evals, "steps": max((int(r["step"]) for r in train), default=0),
+        "rewards": {int(r["step"]): float(r["reward"]) for r in train if "reward" in r},
         # medians: robust to a step stalled by something outside the run (seen on shared machines)
         "s_per_step": statistics.median(times) if times else float("nan"),
         "s_importance": statistics.median(imp) if imp else float("nan"),
@@ -134,12 +139,17 @@ def aggregate(runs: Dict[str, Dict[int, dict]], max_steps: int) -> Dict[str, dic
             vals = [by_seed[s]["evals"][st] for s in seeds]
             m, sd = mean_std(vals)
             curve.append({"step": st, "mean": m, "std": sd, "min": min(vals), "max": max(vals)})
+        reward_steps = sorted(set.intersection(*(set(by_seed[s].get("rewards", {})) for s in seeds)))
+        reward_curve = {"steps": reward_steps,
+                        "per_seed": {s: [by_seed[s]["rewards"][st] for st in reward_steps] for s in seeds}}
         before = [by_seed[s]["evals"][0] for s in seeds]
         after = [by_seed[s]["evals"][max_steps] for s in seeds]
         gains = [a - b for a, b in zip(after, before)]
         walls = [by_seed[s]["wall_s"] for s in seeds]
         stats[algo] = {
-            "seeds": seeds, "curve": curve, "before": mean_std(before), "after": mean_std(after),
+            "seeds": seeds, "curve": curve, "reward_curve": reward_curve,
+            "evals_by_seed": {s: by_seed[s]["evals"] for s in seeds},
+            "before": mean_std(before), "after": mean_std(after),
             "gain": mean_std(gains), "finals": dict(zip(seeds, after)), "befores": dict(zip(seeds, before)),
             "s_per_step": statistics.fmean(by_seed[s]["s_per_step"] for s in seeds),
             "s_importance": statistics.fmean(by_seed[s]["s_importance"] for s in seeds),
@@ -168,29 +178,97 @@ def paired_vs(stats: Dict[str, dict], base: str = "grpo") -> Dict[str, tuple]:
 
 # -- outputs ----------------------------------------------------------------------------------
 
-def write_plot(stats: Dict[str, dict], path: str, title: str = "") -> None:
-    import matplotlib
+def _figure(figsize):
+    from matplotlib.figure import Figure  # outside pyplot: no global state, nothing to close
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    return Figure(figsize=figsize)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for algo, st in stats.items():
-        xs = [p["step"] for p in st["curve"]]
+
+def _save(fig, path: str, dpi: int = 120) -> None:
+    tmp = f"{path}.tmp.png"
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def accuracy_figure(stats: Dict[str, dict], title: str = ""):
+    """Held-out accuracy vs step as measured points: per algo, the mean over seeds (marker) with
+    a bar from the lowest to the highest seed and each seed's value as a small dot; no line
+    joins two evaluations. Algorithms are shifted a little sideways so that their points do not
+    hide each other."""
+    fig = _figure((7, 4.5))
+    ax = fig.subplots()
+    steps = sorted({p["step"] for st in stats.values() for p in st["curve"]})
+    dx = 0.012 * max((steps[-1] - steps[0]) if steps else 0, 1)
+    for i, (algo, st) in enumerate(stats.items()):
+        shift = (i - (len(stats) - 1) / 2) * dx
+        xs = [p["step"] + shift for p in st["curve"]]
+        means = [p["mean"] for p in st["curve"]]
         color = COLORS.get(algo)
-        ax.plot(xs, [p["mean"] for p in st["curve"]], marker="o", ms=3, color=color,
-                label=f"{algo} (mean of {len(st['seeds'])} seeds)")
-        ax.fill_between(xs, [p["min"] for p in st["curve"]], [p["max"] for p in st["curve"]], color=color,
-                        alpha=0.18, linewidth=0)
+        ax.errorbar(xs, means, yerr=[[max(m - p["min"], 0.0) for m, p in zip(means, st["curve"])],
+                                     [max(p["max"] - m, 0.0) for m, p in zip(means, st["curve"])]],
+                    fmt="o", linestyle="None", ms=5, capsize=2, elinewidth=1, color=color,
+                    label=f"{algo}: mean of {len(st['seeds'])} seeds (bar = min..max)")
+        for p, x in zip(st["curve"], xs):
+            vals = [st["evals_by_seed"][s][p["step"]] for s in st["seeds"]]
+            ax.plot([x] * len(vals), vals, linestyle="None", marker=".", ms=3, alpha=0.35, color=color)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("held-out accuracy (greedy)")
-    ax.set_title(title or "held-out accuracy; band = min..max over seeds", fontsize=10)
+    ax.set_title(title or "held-out accuracy; bar = min..max over seeds", fontsize=10)
     ax.grid(alpha=0.3)
     if stats:
         ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes, color="#777")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def reward_figure(stats: Dict[str, dict], title: str = ""):
+    """Training reward vs step, one curve per algo: the mean over seeds of each seed's moving
+    average of its batch-mean reward (line), band = min..max of the seeds' moving averages."""
+    fig = _figure((7, 4.5))
+    ax = fig.subplots()
+    window = 1
+    for algo, st in stats.items():
+        rc = st.get("reward_curve") or {}
+        xs = rc.get("steps") or []
+        if not xs:
+            continue
+        window = max(1, len(xs) // 10)
+        smooth = [moving_average(rc["per_seed"][s], window) for s in st["seeds"]]
+        color = COLORS.get(algo)
+        ax.plot(xs, [statistics.fmean(v) for v in zip(*smooth)], "-", color=color,
+                label=f"{algo}: mean of {len(st['seeds'])} seeds")
+        ax.fill_between(xs, [min(v) for v in zip(*smooth)], [max(v) for v in zip(*smooth)], color=color,
+                        alpha=0.18, linewidth=0)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(f"training reward (batch mean, moving average {window})")
+    ax.set_title(title or "training reward; band = min..max over seeds", fontsize=10)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes, color="#777")
+    fig.tight_layout()
+    return fig
+
+
+def write_plot(stats: Dict[str, dict], path: str, title: str = ""):
+    """Writes accuracy_figure to `path` (atomically) and returns the Figure."""
+    fig = accuracy_figure(stats, title)
+    _save(fig, path)
+    return fig
+
+
+def write_reward_plot(stats: Dict[str, dict], path: str, title: str = ""):
+    """Writes reward_figure to `path` (atomically) and returns the Figure."""
+    fig = reward_figure(stats, title)
+    _save(fig, path)
+    return fig
 
 
 def _pm(ms, digits=3):
@@ -246,7 +324,9 @@ def render_table(stats: Dict[str, dict], meta: dict) -> str:
                   f" (runs made at: {', '.join(meta['run_commits'])})" if meta.get("run_commits") else ""),
               f"- machine: {meta.get('machine', '')}",
               *([f"- note: {meta['note']}"] if meta.get("note") else []),
-              "- plot: learning.png (line = mean over seeds, shaded band = min..max over seeds)"]
+              "- plots: learning.png (held-out accuracy at each evaluation: marker = mean over seeds, bar = "
+              "min..max over seeds, dots = seeds), learning_reward.png (training reward: line = mean over seeds of "
+              "each seed's moving average, band = min..max over seeds)"]
     if meta.get("left_out"):
         lines.append("- finished runs left out (their seed is not finished for every algorithm): "
                      + ", ".join(f"{a} seed {s}" for a, s in meta["left_out"]))
@@ -256,7 +336,8 @@ def render_table(stats: Dict[str, dict], meta: dict) -> str:
 
 
 def report(out: str, algos: Sequence[str], seeds: Sequence[int], max_steps: int, meta: dict) -> Dict[str, dict]:
-    """Writes learning.png and learning.md into `out` from the finished runs; returns the stats."""
+    """Writes learning.png, learning_reward.png and learning.md into `out` from the finished runs;
+    returns the stats."""
     runs, left_out = collect(out, algos, seeds, max_steps)
     stats = aggregate(runs, max_steps)
     meta = dict(meta, left_out=left_out, max_steps=max_steps,
@@ -264,7 +345,10 @@ def report(out: str, algos: Sequence[str], seeds: Sequence[int], max_steps: int,
     os.makedirs(out, exist_ok=True)
     n = min((len(st["seeds"]) for st in stats.values()), default=0)
     write_plot(stats, os.path.join(out, "learning.png"),
-               title=f"held-out accuracy ({meta.get('eval_size')} problems), {n} seeds; band = min..max over seeds")
+               title=f"held-out accuracy ({meta.get('eval_size')} problems, greedy), {n} seeds; "
+                     "bar = min..max over seeds")
+    write_reward_plot(stats, os.path.join(out, "learning_reward.png"),
+                      title=f"training reward (sampled), {n} seeds; band = min..max over seeds")
     with open(os.path.join(out, "learning.md"), "w", encoding="utf-8") as f:
         f.write(render_table(stats, meta))
     return stats
@@ -430,7 +514,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for algo, st in stats.items():
         log(f"{algo}: {len(st['seeds'])} seeds, held-out {_pm(st['before'])} -> {_pm(st['after'])} "
             f"(gain {_signed_pm(st['gain'])})")
-    log(f"wrote {os.path.join(args.out, 'learning.md')} and learning.png")
+    log(f"wrote {os.path.join(args.out, 'learning.md')}, learning.png and learning_reward.png")
     return 1 if failed else 0
 
 

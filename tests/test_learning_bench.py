@@ -75,6 +75,41 @@ def test_report_numbers_plot_and_table(tmp_path):
     assert f"- oar-g: {statistics.mean(diffs):+.3f} ± {statistics.stdev(diffs):.3f} (3 seeds)" in table
     assert "grpo seed 3" in table and "oar-g seed 3" not in table
     assert meta["command"] in table and "abc1234" in table
+    assert (tmp_path / "learning_reward.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in os.listdir(tmp_path) if "tmp" in p]
+    assert "learning_reward.png" in table
+
+
+def test_plots_points_for_held_out_and_a_reward_curve_per_algo(tmp_path):
+    bench = _load_bench()
+    for algo in FINALS:
+        for seed in (0, 1, 2):
+            _write_run(tmp_path, bench, algo, seed)
+    runs, _ = bench.collect(str(tmp_path), ["grpo", "oar-g"], [0, 1, 2], STEPS)
+    stats = bench.aggregate(runs, STEPS)
+    fig = bench.accuracy_figure(stats)
+    ax = fig.axes[0]
+    # held-out: measured points only, no line joining two evaluations
+    assert ax.lines and all(ln.get_linestyle() == "None" for ln in ax.lines)
+    assert [str(c.get_label()).split(":")[0] for c in ax.containers] == ["grpo", "oar-g"]
+    means = [c.lines[0] for c in ax.containers]  # each algo's mean markers (and its min..max bars)
+    for ln, algo in zip(means, ("grpo", "oar-g")):
+        want = [statistics.mean([BEFORE] * 3), statistics.mean(MID[algo][s] for s in (0, 1, 2)),
+                statistics.mean(FINALS[algo][s] for s in (0, 1, 2))]
+        assert list(ln.get_ydata()) == pytest.approx(want)
+        assert [round(x) for x in ln.get_xdata()] == [0, 5, STEPS]
+    # reward: one curve per algo (mean over seeds of the moving average), a band min..max
+    fig = bench.reward_figure(stats)
+    ax = fig.axes[0]
+    assert [str(ln.get_label()).split(":")[0] for ln in ax.lines] == ["grpo", "oar-g"]
+    k = max(1, STEPS // 10)
+    for ln in ax.lines:
+        assert list(ln.get_xdata()) == list(range(1, STEPS + 1)) and ln.get_linestyle() == "-"
+        raw = [0.3 + 0.01 * s for s in range(1, STEPS + 1)]
+        assert list(ln.get_ydata()) == pytest.approx([statistics.mean(raw[max(0, i - k + 1): i + 1])
+                                                      for i in range(STEPS)])
+    assert len(ax.collections) == 2  # the bands
+    assert "moving average" in ax.get_ylabel()
 
 
 def test_main_report_only_and_flag_checks(tmp_path, capsys):

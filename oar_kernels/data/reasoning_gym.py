@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .base import Example, ListTask
+from .base import Example, ListTask, SkipLog
 from .loaders import reference_answer
 
 TRAIN_SEED = 0
@@ -36,19 +36,26 @@ def _require():
     return reasoning_gym
 
 
-def generate(name: str, size: int, seed: int):
+def generate(name: str, size: int, seed: int, log: Optional[SkipLog] = None):
     """[Example] of reasoning-gym data set `name`: question, normalised answer, solution (the
-    generator's worked solution where it has one, as `metadata["answer_cot"]`)."""
+    generator's worked solution where it has one, as `metadata["answer_cot"]`). Items with no
+    question or no answer are left out (recorded in `log`: item index and reason)."""
     rg = _require()
     try:
         ds = rg.create_dataset(name, size=size, seed=seed)
     except (KeyError, ValueError) as err:
         raise ValueError(f"dataset: reasoning-gym has no data set {name!r} ({err})") from None
+    log = log if log is not None else SkipLog(f"reasoning-gym {name}", unit="row")
     out = []
-    for item in ds:
+    for i, item in enumerate(ds):
+        log.rows += 1
         answer = reference_answer(item.get("answer"))
         question = item.get("question")
-        if answer is None or not isinstance(question, str) or not question.strip():
+        if not isinstance(question, str) or not question.strip():
+            log.skip(i, "no question")
+            continue
+        if answer is None:
+            log.skip(i, "empty answer")
             continue
         cot = (item.get("metadata") or {}).get("answer_cot")
         out.append(Example(question=question.strip(), answer=answer, solution=cot if isinstance(cot, str) else None))
@@ -56,13 +63,22 @@ def generate(name: str, size: int, seed: int):
 
 
 def load_reasoning_gym_task(name: str = "gsm_symbolic", size: int = DEFAULT_SIZE, eval_size: int = 200) -> ListTask:
-    """A ListTask of `size` generated training problems and up to `eval_size` held-out ones."""
+    """A ListTask of `size` generated training problems (fewer when the generator gives items
+    with no question or answer: task.skipped, task.describe()) and up to `eval_size` held-out
+    ones (task.num_eval: the real number, after dropping questions of the training pool)."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"dataset: expected a training size >= 1, got {size!r}")
-    train = generate(name, size, TRAIN_SEED)
+    logs = [SkipLog(f"reasoning-gym {name} (training, seed {TRAIN_SEED})", unit="item"),
+            SkipLog(f"reasoning-gym {name} (held-out, seed {EVAL_SEED})", unit="item")]
+    train = generate(name, size, TRAIN_SEED, logs[0])
+    if not train:
+        raise ValueError(f"dataset: reasoning-gym {name!r} gave no usable problem ({logs[0].describe()})")
     seen = {ex.question for ex in train}
-    evals = [ex for ex in generate(name, max(eval_size, 1) * 2, EVAL_SEED) if ex.question not in seen][:eval_size]
-    return ListTask(train, evals, name=f"reasoning-gym:{name}")
+    evals = [ex for ex in generate(name, max(eval_size, 1) * 2, EVAL_SEED, logs[1])
+             if ex.question not in seen][:max(eval_size, 0)]
+    note = "" if evals else ("eval_size is 0" if eval_size <= 0
+                             else "every generated held-out question is a training one")
+    return ListTask(train, evals, name=f"reasoning-gym:{name}", skips=logs, eval_note=note)
 
 
 def parse_spec(spec: str) -> Optional[tuple]:

@@ -16,6 +16,9 @@ _EXPORTS = {
     "OARGStep": ".step",
     "OARGOutput": ".step",
     "oarg_step": ".step",
+    "MODES": "._common",  # the P_final modes every estimator accepts
+    "SCORES": "._common",  # OAR-G's saliency scores
+    "EvalMode": "._common",  # context manager: every submodule in eval mode, flags restored on exit
 }
 
 __all__ = sorted(_EXPORTS)

@@ -11,25 +11,19 @@ so nothing after the last of them is ever fed to the model ("effective length" L
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
 from .._checks import check_choice, check_number
-from ..reference.importance import (  # noqa: F401  (re-exported: one copy of each, shared with the oracles)
-    MODES,
-    SCORES,
-    EvalMode,
-    check_generator,
-    check_lengths,
-    check_segments,
-    default_perturb_token,
-    draw_noise,
-    is_scored,
-    resolve_perturb_token,
-)
 from ..segments import Segments
+
+# "last_after_answer": the next-token distribution after the appended answer (what the authors'
+# OAR-G reads for its `last`; "last" reads after the conclude text, the paper's description).
+MODES = ("last", "answer_mean", "answer_joint", "last_after_answer")
+SCORES = ("grad_x_input", "grad_norm")
 
 LOG_EPS = 1e-12  # OAR-G's KL uses log(p + 1e-12) (docs/algorithm.md section 4)
 
@@ -49,6 +43,104 @@ def check_score(score) -> None:
 
 def check_max_batch_tokens(value) -> None:
     check_number("max_batch_tokens", value, lo=1, integer=True)
+
+
+def check_segments(segments) -> List[Segments]:
+    """The list of Segments, or ValueError naming the bad element."""
+    if not isinstance(segments, (list, tuple)):
+        raise ValueError(f"segments: expected a list of Segments, got {type(segments).__name__}")
+    for b, seg in enumerate(segments):
+        if not isinstance(seg, Segments):
+            raise ValueError(f"segments[{b}]: expected Segments, got {type(seg).__name__}")
+    return list(segments)
+
+
+def check_lengths(model, segments: Sequence[Segments], with_answer: bool, vocab: int) -> None:
+    """ValueError naming the response when a scoring sequence exceeds the context or vocab."""
+    max_len = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    for b, seg in enumerate(segments):
+        seq = seg.sequence(with_answer)
+        if max_len is not None and seq.numel() > max_len:
+            raise ValueError(
+                f"segments[{b}]: scoring sequence of response {b} has {seq.numel()} tokens, more "
+                f"than the model's context (max_position_embeddings={max_len})"
+            )
+        if seq.numel() and int(seq.max()) >= vocab:
+            raise ValueError(
+                f"segments[{b}]: token id {int(seq.max())} of response {b} is outside the "
+                f"model's vocabulary of {vocab}"
+            )
+
+
+def check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
+
+
+def default_perturb_token(model) -> int:
+    """config.pad_token_id, else config.eos_token_id (the first if a list)."""
+    config = getattr(model, "config", None)
+    pad = getattr(config, "pad_token_id", None)
+    if pad is not None:
+        return int(pad)
+    eos = getattr(config, "eos_token_id", None)
+    if isinstance(eos, (list, tuple)):
+        eos = eos[0] if len(eos) else None
+    if eos is not None:
+        return int(eos)
+    raise ValueError(
+        "perturb_token: the model's config has neither pad_token_id nor eos_token_id; pass perturb_token"
+    )
+
+
+def resolve_perturb_token(model, perturb_token, vocab: int) -> int:
+    """The perturbation token id: the given one (int or 1-element integer tensor) or the
+    model's default, checked to lie in [0, vocab)."""
+    if perturb_token is None:
+        perturb_token = default_perturb_token(model)
+    if isinstance(perturb_token, torch.Tensor) and perturb_token.numel() == 1 and not perturb_token.is_floating_point():
+        perturb_token = perturb_token.item()
+    if (
+        isinstance(perturb_token, bool)
+        or not isinstance(perturb_token, numbers.Integral)
+        or not 0 <= int(perturb_token) < vocab
+    ):
+        raise ValueError(f"perturb_token: expected a token id in [0, {vocab}), got {perturb_token!r}")
+    return int(perturb_token)
+
+
+def is_scored(seg: Segments, mode: str) -> bool:
+    """Rows with no reasoning, or no answer in the modes that read it (all but "last"), are not
+    scored (weights 1)."""
+    if seg.num_reasoning == 0:
+        return False
+    return mode == "last" or seg.answer_ids.numel() > 0
+
+
+def draw_noise(num: int, dim: int, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """One scored row's standard-normal noise [num, dim] float32 (OAR-G's draw convention,
+    docs/importance.md: one draw per scored row, in row order, on the generator's device;
+    torch's global CPU RNG when generator is None). The naive oracle draws the same way."""
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn((num, dim), generator=generator, device=device, dtype=torch.float32)
+
+
+class EvalMode:
+    """Puts every submodule in eval mode (dropout off); restores each one's flag on exit."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        self.flags = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        return self
+
+    def __exit__(self, *exc):
+        for m, flag in self.flags:
+            m.training = flag
+        return False
+
 
 
 def input_embeddings(model) -> torch.nn.Module:

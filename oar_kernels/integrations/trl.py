@@ -50,7 +50,7 @@ except ImportError as _err:  # pragma: no cover - exercised only without trl
     ) from _err
 
 from ..answers import AnswerSpan, extract_answer
-from ..reference.importance import MODES as _MODES, EvalMode
+from ..importance import MODES as _MODES, EvalMode
 from ..segments import DEFAULT_CONCLUDE_TEXT, Segments, build_segments
 
 # TRL releases this adapter was written and tested against: [min, max).

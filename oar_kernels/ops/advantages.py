@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import FLOAT_DTYPES, check_choice, check_number, check_tensor
-from ..reference.grpo import group_advantages_reference
+from ._grpo_torch import group_advantages_torch
 
 SCALES = ("group", "batch", "none")
 
@@ -39,4 +39,4 @@ def group_advantages(
             f"rewards: expected a non-empty length that is a multiple of group_size={group_size}, "
             f"got {rewards.numel()}"
         )
-    return group_advantages_reference(rewards, group_size, scale, eps)
+    return group_advantages_torch(rewards, group_size, scale, eps)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import FLOAT_DTYPES, check_mask, check_number, check_tensor
-from ..reference.bilevel import bilevel_reshape_reference
+from ._bilevel_torch import bilevel_reshape_torch
 from ._dispatch import resolve_backend
 
 
@@ -73,4 +73,4 @@ def bilevel_reshape(
         from ..kernels.bilevel import bilevel_reshape_triton
 
         return bilevel_reshape_triton(scores, mask, tau, beta, floor, sum_to_len)
-    return bilevel_reshape_reference(scores, mask, tau, beta, floor, sum_to_len)
+    return bilevel_reshape_torch(scores, mask, tau, beta, floor, sum_to_len)

@@ -2,7 +2,7 @@
 
 Same semantics as oar.grpo_loss(logp, ...) with logp = fused_linear_logprob(hidden, ...):
 the per-token loss, the aggregation and the metrics are the functions of
-oar_kernels/reference/grpo.py, reused as they are.
+oar_kernels/ops/_grpo_torch.py (those of oar.grpo_loss), reused as they are.
 
 Because the loss is a scalar, d loss / d logp is known in the forward pass: each row chunk's
 logits are formed once, turned into log-probs, then into d logits, d hidden and a d weight
@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from .._checks import FLOAT_DTYPES, check_tensor
-from ..reference.grpo import aggregate_loss, loss_metrics, per_token_grpo_loss
+from ._grpo_torch import aggregate_loss, loss_metrics, per_token_grpo_loss
 from .fused_linear_logprob import check_lm_head_args, lm_head_pass
 from .grpo_loss import check_loss_args, token_advantages
 

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from .._checks import FLOAT_DTYPES, check_choice, check_mask, check_number, check_tensor
-from ..reference.grpo import LOSS_TYPES, aggregate_loss, loss_metrics, per_token_grpo_loss
+from ._grpo_torch import LOSS_TYPES, aggregate_loss, loss_metrics, per_token_grpo_loss
 
 
 def token_advantages(

@@ -1,17 +1,17 @@
-"""Plain, obviously-correct PyTorch versions of every op: the test oracles.
+"""Plain, obviously-correct versions of the ops: the test oracles. Nothing in the library imports
+them (tests/test_layering.py checks); the public ops carry their own code.
 
-They skip input validation (the public ops do it) and favour clarity over speed, except
-where the public op uses them as its CPU path (bilevel, grpo), which is vectorized.
+They skip input validation (the public ops do it) and favour clarity over speed: loops over
+rows, groups and tokens where that reads closer to docs/algorithm.md than vectorized code.
 """
 from importlib import import_module
 
 _EXPORTS = {
     "bilevel_reshape_reference": ".bilevel",
     "group_advantages_reference": ".grpo",
-    "per_token_grpo_loss": ".grpo",
-    "aggregate_loss": ".grpo",
-    "k3_kl": ".grpo",
+    "grpo_loss_reference": ".grpo",
     "linear_logprob_reference": ".logprob",
+    "saliency_reference": ".saliency",
     "perturbation_importance_naive": ".importance",
     "gradient_importance_naive": ".importance",
 }

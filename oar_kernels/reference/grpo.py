@@ -1,111 +1,138 @@
-"""GRPO math in plain PyTorch (docs/algorithm.md sections 1 and 6): the oracle and the CPU path.
+"""GRPO advantages and loss (docs/algorithm.md sections 1 and 6), token by token: the test oracles.
 
-Split into per-token loss and aggregation so fused paths reuse the same normalizers.
+Plain loops over groups, sequences and tokens, in float64, written from the spec rather than
+from the public ops' vectorized code (oar_kernels/ops/_grpo_torch.py). No input checks: the
+public ops validate. Differentiable in logp (autograd through the per-token terms); meant for
+test-sized inputs only.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 
-LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")
+
+def _mean(xs):
+    return sum(xs) / len(xs)
+
+
+def _unbiased_std(xs):
+    """sqrt(sum (x - mean)^2 / (n - 1)); 0 for fewer than two values."""
+    if len(xs) < 2:
+        return 0.0
+    m = _mean(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
 def group_advantages_reference(
     rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4
 ) -> torch.Tensor:
-    """(r - group mean) / (std + eps); std is the unbiased one over the group or the batch."""
-    r = rewards.to(torch.float64 if rewards.dtype == torch.float64 else torch.float32)
-    groups = r.view(-1, group_size)
-    centred = (groups - groups.mean(dim=1, keepdim=True)).reshape(-1)
-    if scale == "group":
-        std = groups.std(dim=1, keepdim=True).expand_as(groups).reshape(-1)
-    elif scale == "batch":
-        std = r.std() if r.numel() > 1 else torch.zeros((), dtype=r.dtype, device=r.device)
-    else:
-        return centred.to(torch.float32)
-    return (centred / (std + eps)).to(torch.float32)
+    """A_i = (r_i - mean of its group) / (std + eps), group by group in Python floats.
+
+    scale "group": the unbiased std of the group; "batch": of all rewards; "none": no division.
+    Returns [B] float64 on the rewards' device.
+    """
+    r = [float(x) for x in rewards.reshape(-1).tolist()]
+    batch_std = _unbiased_std(r)
+    out = []
+    for start in range(0, len(r), group_size):
+        group = r[start : start + group_size]
+        m, group_std = _mean(group), _unbiased_std(group)
+        for x in group:
+            if scale == "group":
+                out.append((x - m) / (group_std + eps))
+            elif scale == "batch":
+                out.append((x - m) / (batch_std + eps))
+            else:
+                out.append(x - m)
+    return torch.tensor(out, dtype=torch.float64, device=rewards.device)
 
 
-def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """k3 estimator of KL(pi || pi_ref) per token: exp(d) - d - 1 with d = ref - logp (>= 0)."""
-    d = ref_logp - logp
-    return torch.exp(d) - d - 1
-
-
-def per_token_grpo_loss(
+def grpo_loss_reference(
     logp: torch.Tensor,
-    old_logp: torch.Tensor,
-    token_advantages: torch.Tensor,
-    epsilon_low: float,
-    epsilon_high: float,
-    ref_logp: Optional[torch.Tensor] = None,
-    beta: float = 0.0,
-):
-    """Clipped surrogate (+ beta k3 KL) per token. Returns (loss_t, ratio, kl_t or None)."""
-    ratio = torch.exp(logp - old_logp)
-    clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
-    loss = -torch.minimum(ratio * token_advantages, clipped * token_advantages)
-    kl = None
-    if beta != 0.0:
-        kl = k3_kl(logp, ref_logp)
-        loss = loss + beta * kl
-    return loss, ratio, kl
-
-
-def aggregate_loss(
-    loss_t: torch.Tensor,
+    old_logp: Optional[torch.Tensor],
+    advantages: torch.Tensor,
     mask: torch.Tensor,
-    loss_type: str,
+    weights: Optional[torch.Tensor] = None,
+    ref_logp: Optional[torch.Tensor] = None,
+    epsilon: float = 0.2,
+    epsilon_high: Optional[float] = None,
+    beta: float = 0.0,
+    loss_type: str = "grpo",
+    max_completion_length: Optional[int] = None,
     num_sequences: Optional[int] = None,
     num_items_in_batch=None,
-    max_completion_length: Optional[int] = None,
-) -> torch.Tensor:
-    """Reduces per-token losses [B, T] to a scalar.
+):
+    """oar.grpo_loss's (loss, metrics), one token at a time. Arguments as there.
 
-    grpo: mean over each sequence's tokens, summed, / num_sequences (default B).
-    bnpo, dapo: sum over all tokens / num_items_in_batch (default: this batch's token count).
-    dr_grpo: sum over all tokens / (num_sequences * max_completion_length).
-    Passing the whole accumulated batch's num_sequences / num_items_in_batch to every
-    micro-batch makes the summed micro-batch losses equal the one-batch loss, gradients too.
+    Per counted token (mask True) of sequence i:
+        a    = weights[i, t] * A_i          (A_i, or advantages[i, t] when they are [B, T])
+        rho  = exp(logp - old_logp)         (old_logp None: logp detached, so rho = 1)
+        loss = -min(rho a, clip(rho, 1 - epsilon, 1 + epsilon_high) a) + beta k3
+        k3   = exp(ref - logp) - (ref - logp) - 1
+    aggregated as
+        grpo:        sum over sequences of (mean of its token losses; 0 with no tokens) / num_sequences
+        bnpo, dapo:  sum of all token losses / num_items_in_batch (default: the number of tokens)
+        dr_grpo:     sum of all token losses / (num_sequences * max_completion_length)
+    num_sequences defaults to B. Metrics are token means over the counted tokens: clip_ratio_low
+    (rho < 1 - epsilon and a < 0), clip_ratio_high (rho > 1 + epsilon_high and a > 0), their sum
+    clip_ratio, adv_abs_mean (|a|), ratio_mean (rho) and, when beta > 0, kl (k3).
+
+    Returns (loss, metrics): a 0-dim float64 tensor (with grad through logp) and a dict of floats.
     """
-    m = mask.to(loss_t.dtype)
-    n_seq = loss_t.shape[0] if num_sequences is None else num_sequences
+    eps_high = epsilon if epsilon_high is None else epsilon_high
+    B, T = logp.shape
+    n_seq = B if num_sequences is None else num_sequences
+    seq_sums, seq_counts = [], []
+    low = high = 0
+    abs_adv = ratio_sum = kl_sum = 0.0
+    for i in range(B):
+        total, count = torch.zeros((), dtype=torch.float64, device=logp.device), 0
+        for t in range(T):
+            if not bool(mask[i, t]):
+                continue
+            a = float(advantages[i, t] if advantages.dim() == 2 else advantages[i])
+            if weights is not None:
+                a *= float(weights[i, t])
+            lp = logp[i, t].double()
+            old = lp.detach() if old_logp is None else old_logp[i, t].double()
+            rho = torch.exp(lp - old)
+            token_loss = -torch.minimum(rho * a, torch.clamp(rho, 1 - epsilon, 1 + eps_high) * a)
+            if beta != 0.0:
+                d = ref_logp[i, t].double() - lp
+                k3 = torch.exp(d) - d - 1
+                token_loss = token_loss + beta * k3
+                kl_sum += float(k3.detach())
+            total = total + token_loss
+            count += 1
+            r = float(rho.detach())
+            low += r < 1 - epsilon and a < 0
+            high += r > 1 + eps_high and a > 0
+            abs_adv += abs(a)
+            ratio_sum += r
+        seq_sums.append(total)
+        seq_counts.append(count)
+
+    n_tokens = sum(seq_counts)
     if loss_type == "grpo":
-        per_seq = (loss_t * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
-        return per_seq.sum() / max(n_seq, 1)
-    if loss_type in ("bnpo", "dapo"):
-        if num_items_in_batch is None:
-            denom = m.sum().clamp_min(1.0)
-        else:
-            denom = torch.as_tensor(num_items_in_batch, dtype=loss_t.dtype, device=loss_t.device).clamp_min(1.0)
-        return (loss_t * m).sum() / denom
-    if loss_type == "dr_grpo":
-        return (loss_t * m).sum() / (max(n_seq, 1) * max_completion_length)
-    raise ValueError(f"loss_type: expected one of {list(LOSS_TYPES)}, got {loss_type!r}")
+        loss = sum(s / max(c, 1) for s, c in zip(seq_sums, seq_counts)) / max(n_seq, 1)
+    elif loss_type in ("bnpo", "dapo"):
+        denom = n_tokens if num_items_in_batch is None else float(num_items_in_batch)
+        loss = sum(seq_sums) / max(denom, 1.0)
+    elif loss_type == "dr_grpo":
+        loss = sum(seq_sums) / (max(n_seq, 1) * max_completion_length)
+    else:
+        raise ValueError(f"loss_type: unknown {loss_type!r}")
 
-
-@torch.no_grad()
-def loss_metrics(
-    ratio: torch.Tensor,
-    token_advantages: torch.Tensor,
-    mask: torch.Tensor,
-    epsilon_low: float,
-    epsilon_high: float,
-    kl: Optional[torch.Tensor] = None,
-) -> dict:
-    """Token-mean metrics over masked positions, as detached 0-dim float32 tensors."""
-    m = mask.to(torch.float32)
-    n = m.sum().clamp_min(1.0)
-    low = (ratio < 1 - epsilon_low) & (token_advantages < 0)
-    high = (ratio > 1 + epsilon_high) & (token_advantages > 0)
-    out = {
-        "clip_ratio_low": (low.float() * m).sum() / n,
-        "clip_ratio_high": (high.float() * m).sum() / n,
-        "adv_abs_mean": (token_advantages.abs().float() * m).sum() / n,
-        "ratio_mean": (ratio.float() * m).sum() / n,
+    n = max(n_tokens, 1)
+    metrics = {
+        "clip_ratio_low": low / n,
+        "clip_ratio_high": high / n,
+        "clip_ratio": (low + high) / n,
+        "adv_abs_mean": abs_adv / n,
+        "ratio_mean": ratio_sum / n,
     }
-    out["clip_ratio"] = out["clip_ratio_low"] + out["clip_ratio_high"]
-    if kl is not None:
-        out["kl"] = (kl.float() * m).sum() / n
-    return out
+    if beta != 0.0:
+        metrics["kl"] = kl_sum / n
+    return loss, metrics

@@ -54,8 +54,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["oar_kernels", "oar_kernels.*"]),
-    # the default job's policy ships with the package (oar_kernels/models/default_policy/)
-    package_data={"oar_kernels.models": ["default_policy/*"]},
+    # the default job's policy ships with the package (oar_kernels/default_job/default_policy/)
+    package_data={"oar_kernels.default_job": ["default_policy/*"]},
     ext_modules=native_kernels,
     install_requires=[
         "torch>=2.6",

@@ -450,7 +450,7 @@ def table(rows: List[dict], readings: List[dict]) -> str:
 
 def load_model(name: str):
     if name == "default":
-        from oar_kernels.models import load_default_policy
+        from oar_kernels.default_job import load_default_policy
 
         model, tok, _ = load_default_policy(progress=False)
         return model.float(), tok

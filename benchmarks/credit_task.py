@@ -30,7 +30,7 @@ import torch
 
 
 def build(out: str) -> None:
-    from oar_kernels.models.policy import WarmStartRecipe, build_default_policy
+    from oar_kernels.default_job import WarmStartRecipe, build_default_policy
 
     build_default_policy(out, WarmStartRecipe(task="arithmetic_plan"), progress=False)
 

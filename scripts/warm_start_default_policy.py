@@ -1,5 +1,5 @@
 """Builds the default job's policy: the supervised warm start that produces the weights shipped
-in oar_kernels/models/default_policy/ (and that any other WarmStartRecipe goes through).
+in oar_kernels/default_job/default_policy/ (and that any other WarmStartRecipe goes through).
 
     python scripts/warm_start_default_policy.py                  # rebuild the shipped folder
     python scripts/warm_start_default_policy.py --out my_policy --steps 200 --seed 1
@@ -17,7 +17,7 @@ import argparse
 import dataclasses
 import sys
 
-from oar_kernels.models import SHIPPED_DIR, WarmStartRecipe, build_default_policy, folder_recipe_key
+from oar_kernels.default_job import SHIPPED_DIR, WarmStartRecipe, build_default_policy, folder_recipe_key
 
 
 def main(argv=None) -> int:

@@ -27,7 +27,7 @@ def test_metrics(ca):
 
 
 def test_labels_char_and_bpe(ca):
-    from oar_kernels.models import build_char_tokenizer
+    from oar_kernels.default_job import build_char_tokenizer
 
     case = ca.make_cases(1, seed=3)[0]
     a, o1, b, o2, d = case.prompt[len("What is "):-2].split()

@@ -30,7 +30,7 @@ def test_plan_line_and_shortcuts():
 
 
 def test_drift_token_classes():
-    from oar_kernels.models import build_char_tokenizer
+    from oar_kernels.default_job import build_char_tokenizer
 
     ct = load_benchmark("credit_task")
     tok = build_char_tokenizer()

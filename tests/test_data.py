@@ -5,7 +5,8 @@ import re
 import pytest
 
 from oar_kernels.answers import extract_answer
-from oar_kernels.data import ArithmeticTask, format_prompt, is_held_out, load_task, reference_answer
+from oar_kernels.data import format_prompt, load_task, reference_answer
+from oar_kernels.default_job import ArithmeticTask, is_held_out
 from oar_kernels.rewards import accuracy_reward
 
 
@@ -140,7 +141,7 @@ def test_hf_datasets_loader_on_local_files(tmp_path):
 
 @pytest.mark.parametrize("share", [0.0, 1.0])
 def test_warm_start_takes_the_shortcut_share_from_its_recipe(share, monkeypatch):
-    from oar_kernels.models import policy
+    from oar_kernels.default_job import policy
 
     seen = []
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from oar_kernels.models import policy
-from oar_kernels.models import SHIPPED_DIR, WarmStartRecipe, default_policy_path, folder_recipe_key, load_default_policy
+from oar_kernels.default_job import policy
+from oar_kernels.default_job import SHIPPED_DIR, WarmStartRecipe, default_policy_path, folder_recipe_key, load_default_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "warm_start_default_policy.py"

@@ -29,12 +29,12 @@ def test_installed_package_runs_read_only(tmp_path):
     assert inst.returncode == 0, inst.stderr[-3000:]
     pkg = site / "oar_kernels"
     assert list((pkg / "native").glob("_bilevel*")), "the wheel carries no built C kernel"
-    assert (pkg / "models" / "default_policy" / "model.safetensors").is_file()
+    assert (pkg / "default_job" / "default_policy" / "model.safetensors").is_file()
     before = _listing(pkg)
     code = textwrap.dedent(f"""
         import torch, oar_kernels as oar
         from oar_kernels.native import bilevel
-        from oar_kernels.models import SHIPPED_DIR, load_default_policy
+        from oar_kernels.default_job import SHIPPED_DIR, load_default_policy
         assert oar.__file__.startswith({str(site)!r}), oar.__file__
         assert bilevel.available()
         s, m = torch.rand(3, 9), torch.ones(3, 9, dtype=torch.bool)

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 import torch
 
-from oar_kernels.models import WarmStartRecipe, build_char_tokenizer, build_model
+from oar_kernels.default_job import WarmStartRecipe, build_char_tokenizer, build_model
 from oar_kernels.rollout import completion_mask_from_ids, generate_hf, left_pad, right_pad
 
 

@@ -202,7 +202,7 @@ def save_warm_tiny_policy(path: str) -> str:
     tokenizer) to `path`: it already writes "... The answer is N." often enough for OAR to
     have answers to score. Used by the trainer's end-to-end and multi-process tests."""
     from oar_kernels.data import load_task
-    from oar_kernels.models import WarmStartRecipe, build_char_tokenizer, build_model, warm_start
+    from oar_kernels.default_job import WarmStartRecipe, build_char_tokenizer, build_model, warm_start
 
     recipe = WarmStartRecipe(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, steps=60,
                              batch_size=16, learning_rate=1e-2)

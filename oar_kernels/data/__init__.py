@@ -1,4 +1,5 @@
-"""Tasks for the trainer: the generated arithmetic task (default) and loaders for real data.
+"""Tasks for the trainer: loaders for real data, and load_task, which also builds the default job's
+generated arithmetic task (oar_kernels/default_job/arithmetic.py).
 
     task = load_task("arithmetic")          # generated, unlimited, held-out split
     task = load_task("data/train.jsonl")    # local JSONL with question/answer fields
@@ -11,14 +12,13 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .arithmetic import ArithmeticTask, is_held_out
 from .base import Example, ListTask
 from .loaders import load_hf_task, load_jsonl_task, read_jsonl, reference_answer, rows_to_examples
 
 DEFAULT_PROMPT_TEMPLATE = "{question}\n"
 
-__all__ = ["ArithmeticTask", "Example", "ListTask", "load_task", "load_jsonl_task", "load_hf_task",
-           "read_jsonl", "reference_answer", "rows_to_examples", "is_held_out", "format_prompt",
+__all__ = ["Example", "ListTask", "load_task", "load_jsonl_task", "load_hf_task",
+           "read_jsonl", "reference_answer", "rows_to_examples", "format_prompt",
            "DEFAULT_PROMPT_TEMPLATE"]
 
 
@@ -29,7 +29,8 @@ def format_prompt(question: str, template: str = DEFAULT_PROMPT_TEMPLATE) -> str
 def load_task(spec: str, eval_dataset: Optional[str] = None, eval_size: int = 200, seed: int = 0):
     """A task from a spec string.
 
-    "arithmetic" or "arithmetic:MIN-MAX" (terms per problem): the generated task;
+    "arithmetic" or "arithmetic:MIN-MAX" (terms per problem): the generated task of
+        oar_kernels.default_job (ArithmeticTask);
     "arithmetic_plan[:MIN-MAX]": the same with a plan line "Steps: K" opening every solution.
     "*.jsonl" / "jsonl:PATH": a local JSONL file.
     "hf:NAME[:CONFIG]", "gsm8k", "math": a `datasets` data set.
@@ -38,6 +39,8 @@ def load_task(spec: str, eval_dataset: Optional[str] = None, eval_size: int = 20
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"dataset: expected a non-empty string, got {spec!r}")
     if spec in ("arithmetic", "arithmetic_plan") or spec.startswith(("arithmetic:", "arithmetic_plan:")):
+        from ..default_job.arithmetic import ArithmeticTask
+
         plan = spec.startswith("arithmetic_plan")
         if ":" in spec:
             try:

@@ -1,4 +1,4 @@
-"""A generated arithmetic reasoning task: seeded, unlimited, with a disjoint held-out split.
+"""The default job's task: generated arithmetic problems, seeded, unlimited, with a disjoint held-out split.
 
     Question: "What is 17 + 8 - 12?"
     Solution: "17 + 8 = 25\n25 - 12 = 13\nThe answer is 13."
@@ -14,7 +14,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Iterator, List, Optional
 
-from .base import Example
+from ..data.base import Example
 
 HELD_OUT_BUCKETS = 10  # 1 question in HELD_OUT_BUCKETS is held out
 # Every solution ends "The answer is N.": asking for the answer this way after the reasoning

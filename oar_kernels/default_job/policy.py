@@ -26,7 +26,12 @@ from typing import Optional
 
 import torch
 
-from .tokenizer import build_char_tokenizer
+from .._deps import require_transformers
+
+require_transformers()  # one clear message for a missing or unsupported transformers
+
+from .arithmetic import ArithmeticTask  # noqa: E402
+from .tokenizer import build_char_tokenizer  # noqa: E402
 
 CACHE_ENV = "OAR_KERNELS_CACHE"
 
@@ -98,8 +103,6 @@ def sft_batch(tokenizer, examples, prompt_template: str):
 def warm_start(model, tokenizer, task, recipe: WarmStartRecipe, prompt_template: str, progress: bool = True):
     """Supervised training on worked solutions; deterministic under recipe.seed."""
     from tqdm.auto import tqdm
-
-    from ..data.arithmetic import ArithmeticTask
 
     if isinstance(task, ArithmeticTask) and recipe.shortcut_frac:
         task = dataclasses.replace(task, shortcut_frac=recipe.shortcut_frac)

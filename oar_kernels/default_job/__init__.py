@@ -1,0 +1,51 @@
+"""What only the built-in default job (`python -m oar_kernels.train` with no --model / --dataset)
+needs, kept apart from the library core:
+
+    arithmetic.py       the generated task: ArithmeticTask, is_held_out, CONCLUDE_TEXT
+    tokenizer.py        the character tokenizer: build_char_tokenizer
+    policy.py           the small Llama-architecture policy and its warm-start trainer
+    default_policy/     the default recipe's weights, shipped with the package
+                        (rebuilt by scripts/warm_start_default_policy.py)
+
+    model, tokenizer, path = load_default_policy()   # the shipped weights, loaded at once
+    task = ArithmeticTask()                          # or oar_kernels.data.load_task("arithmetic")
+
+Names resolve lazily: the task and the tokenizer builder load without transformers; the policy
+names check the supported transformers range on first use.
+"""
+from importlib import import_module
+
+# public name -> module that defines it (relative to this package)
+_EXPORTS = {
+    "ArithmeticTask": ".arithmetic",
+    "CONCLUDE_TEXT": ".arithmetic",
+    "HELD_OUT_BUCKETS": ".arithmetic",
+    "is_held_out": ".arithmetic",
+    "build_char_tokenizer": ".tokenizer",
+    "CACHE_ENV": ".policy",
+    "SHIPPED_DIR": ".policy",
+    "WarmStartRecipe": ".policy",
+    "build_default_policy": ".policy",
+    "build_model": ".policy",
+    "default_cache_dir": ".policy",
+    "default_policy_path": ".policy",
+    "ensure_default_policy": ".policy",
+    "folder_recipe_key": ".policy",
+    "load_default_policy": ".policy",
+    "sft_batch": ".policy",
+    "warm_start": ".policy",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'oar_kernels.default_job' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

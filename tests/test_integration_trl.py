@@ -4,6 +4,7 @@ Tiny in-process models and tokenizer (tests/tiny_models.py), in-memory datasets,
 Skipped test by test when TRL is not installed (the lazy-import test runs regardless).
 """
 import importlib.util
+import math
 import subprocess
 import sys
 
@@ -250,28 +251,92 @@ def test_trains_with_gradient_accumulation_and_logs_oar_metrics(tok, dataset, tm
     assert changed
 
 
-@needs_trl
-def test_all_weights_one_equals_grpo_trainer(tok, dataset, tmp_path, monkeypatch):
-    from trl import GRPOConfig, GRPOTrainer
+def _known_weights(Bn, T):
+    """A fixed non-uniform weight pattern [Bn, T]: 0.25, 1 and 2.5 along each row."""
+    levels = torch.tensor([0.25, 1.0, 2.5])
+    return levels[(torch.arange(Bn)[:, None] + 2 * torch.arange(T)[None, :]) % 3]
 
-    oar_tr = _oar_trainer(tok, dataset, tmp_path / "oar", oar_algo="oar-g", oar_tau=0.0, oar_beta=0.0)
-    batch, seq_adv = _batch(oar_tr, dataset, monkeypatch)
-    assert batch["advantages"].shape == batch["completion_ids"].shape
-    assert torch.equal(batch["advantages"], seq_adv.unsqueeze(1).expand_as(batch["advantages"]))
+
+def _batches_with_weights(trainer, dataset, monkeypatch, weights_of):
+    """Two generation batches of the same completions (same seed), through the adapter's own
+    _generate_and_score_completions, with its OAR weights replaced by weights_of(B, T) in the
+    second and by ones in the first. Returns (ones batch, weighted batch, TRL's [B] advantages)."""
+    out = []
+    for fn in (lambda Bn, T: torch.ones(Bn, T), weights_of):
+        def fixed(batch, references=None, fn=fn):
+            Bn, T = batch["completion_ids"].shape
+            return fn(Bn, T), [0.0, 0.0, 0.0, math.inf, -math.inf, 0.0, float(Bn), float(Bn), 0.0]
+
+        monkeypatch.setattr(trainer, "oar_weights", fixed)
+        torch.manual_seed(1234)
+        out.append(_batch(trainer, dataset, monkeypatch))
+    (ones, seq_adv), (weighted, seq_adv_w) = out
+    assert torch.equal(ones["completion_ids"], weighted["completion_ids"]) and torch.equal(seq_adv, seq_adv_w)
+    return ones, weighted, seq_adv
+
+
+def _check_known_weights_reach_the_loss(trainer, ones, weighted, seq_adv):
+    """TRL's loss on the adapter's batches against the per-token GRPO terms computed here.
+
+    l_t = -min(rho A_i, clip(rho, 1 - eps_low, 1 + eps_high) A_i) with rho = exp(logp - old) from
+    the model's full logits; loss_type "grpo": mean over sequences of the token mean. With known
+    weights w > 0 the token terms are w_t l_t, so the loss must move by exactly
+    mean_i( sum_t mask (w_t - 1) l_t / n_i ).
+    """
+    assert trainer.loss_type == "grpo" and trainer.beta == 0.0 and trainer.top_entropy_quantile == 1.0
+    model = trainer.model
+    mask = ones["completion_mask"].float()
+    Bn, T = mask.shape
+    w = _known_weights(Bn, T)
+    # the adapter's batches: A_i * 1 and A_i * w_t, per token
+    assert torch.equal(ones["advantages"], seq_adv.unsqueeze(1).expand(Bn, T))
+    torch.testing.assert_close(weighted["advantages"], seq_adv.unsqueeze(1) * w, rtol=0, atol=0)
     assert (seq_adv != 0).any()
 
-    grpo_tr = GRPOTrainer(model=_model(tok), reward_funcs=char_sum_reward, args=GRPOConfig(**_common(tmp_path / "g")),
-                          train_dataset=dataset, processing_class=tok)
-    grpo_tr.model.train()
-    grpo_tr.current_gradient_accumulation_steps = 1
-    grpo_batch = dict(batch, advantages=seq_adv)
+    with torch.no_grad():
+        logp0 = _token_logps(model, ones)
+    # off-policy log-probs, so ratios differ from 1 and some clip on each side
+    old = logp0 + 0.3 * torch.randn(logp0.shape, generator=torch.Generator().manual_seed(5))
+    for batch in (ones, weighted):
+        batch["old_per_token_logps"] = old
 
-    loss_oar, grads_oar = _loss_and_grads(oar_tr, batch)
-    loss_grpo, grads_grpo = _loss_and_grads(grpo_tr, grpo_batch)
-    torch.testing.assert_close(loss_oar, loss_grpo, rtol=0, atol=1e-7)
-    assert grads_oar.keys() == grads_grpo.keys() and grads_oar
-    for name in grads_oar:
-        torch.testing.assert_close(grads_oar[name], grads_grpo[name], rtol=1e-5, atol=1e-7, msg=name)
+    loss_1, grads_1 = _loss_and_grads(trainer, ones)
+    loss_w, grads_w = _loss_and_grads(trainer, weighted)
+    loss_plain, grads_plain = _loss_and_grads(trainer, dict(ones, advantages=seq_adv))  # plain GRPO: [B]
+
+    # weight 1 everywhere is plain GRPO, value and gradient
+    torch.testing.assert_close(loss_1, loss_plain, rtol=0, atol=1e-7)
+    for name in grads_plain:
+        torch.testing.assert_close(grads_1[name], grads_plain[name], rtol=1e-5, atol=1e-7, msg=name)
+
+    # per-token terms by hand
+    model.zero_grad(set_to_none=True)
+    logp = _token_logps(model, ones)
+    rho = torch.exp(logp - old)
+    a = seq_adv.unsqueeze(1).float()
+    term = -torch.minimum(rho * a, rho.clamp(1 - trainer.epsilon_low, 1 + trainer.epsilon_high) * a)  # l_t, w = 1
+    n = mask.sum(1).clamp(min=1.0)
+    clipped = ((rho < 1 - trainer.epsilon_low) | (rho > 1 + trainer.epsilon_high)) & (mask > 0)
+    assert clipped.any() and (~clipped & (mask > 0)).any()
+    by_hand_1 = ((term * mask).sum(1) / n).mean()
+    expected_shift = (((w - 1) * term * mask).sum(1) / n).mean()
+    torch.testing.assert_close(loss_1, by_hand_1.detach(), rtol=1e-4, atol=1e-6)
+    assert abs(expected_shift.item()) > 1e-2 * max(abs(loss_1.item()), 1e-2)  # the weights must matter
+    torch.testing.assert_close(loss_w - loss_1, expected_shift.detach(), rtol=1e-4, atol=1e-6)
+
+    # and the gradient is the one of the weighted per-token terms
+    ((w * term * mask).sum(1) / n).mean().backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads_w[name], p.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+@needs_trl
+def test_known_token_weights_reach_trl_loss(tok, dataset, tmp_path, monkeypatch):
+    """A known non-uniform weight through the adapter's batch moves TRL's loss by exactly the
+    hand-computed amount; weight 1 reproduces plain GRPO's loss and gradient."""
+    trainer = _oar_trainer(tok, dataset, tmp_path, oar_algo="oar-p")
+    ones, weighted, seq_adv = _batches_with_weights(trainer, dataset, monkeypatch, _known_weights)
+    _check_known_weights_reach_the_loss(trainer, ones, weighted, seq_adv)
 
 
 @needs_trl
@@ -337,9 +402,10 @@ def test_eval_mode_keeps_sequence_advantages(tok, dataset, tmp_path):
 
 
 @needs_trl
-def test_liger_path_uses_per_token_advantages(tok, dataset, tmp_path, monkeypatch):
-    """use_liger_kernel=True: TRL >= 1.16 swaps in Liger's layer kernels and keeps its one loss
-    path, so the liger-patched trainer's loss on an OAR batch equals the plain one's.
+def test_liger_path_applies_token_weights(tok, dataset, tmp_path, monkeypatch):
+    """use_liger_kernel=True (docs of oar_kernels/integrations/trl.py): TRL swaps in Liger's layer
+    kernels only, keeps its own loss path (no fused linear cross-entropy), so the adapter's
+    per-token weights move the liger-patched model's loss and gradient exactly as on the plain path.
 
     On CPU, Liger's kernels run in Triton's interpreter, where its RMSNorm and SwiGLU kernels
     fail; only RoPE is applied there. On a GPU every default Liger kernel is applied.
@@ -347,30 +413,21 @@ def test_liger_path_uses_per_token_advantages(tok, dataset, tmp_path, monkeypatc
     pytest.importorskip("liger_kernel")
     from transformers.models.qwen2 import modeling_qwen2
 
-    plain = _oar_trainer(tok, dataset, tmp_path / "plain", oar_algo="oar-p")
-    batch, seq_adv = _batch(plain, dataset, monkeypatch)
-    assert not torch.equal(batch["advantages"], seq_adv.unsqueeze(1).expand_as(batch["advantages"]))
-    loss_plain, grads_plain = _loss_and_grads(plain, batch)
-
     # Liger patches modeling_qwen2's globals: restore them after the test.
     for name, value in list(vars(modeling_qwen2).items()):
         if not name.startswith("__"):
             monkeypatch.setattr(modeling_qwen2, name, value)
     original_rope = modeling_qwen2.apply_rotary_pos_emb
     liger_config = None if torch.cuda.is_available() else {"rms_norm": False, "swiglu": False}
-    liger = _oar_trainer(tok, dataset, tmp_path / "liger", oar_algo="oar-p", use_liger_kernel=True,
-                         liger_kernel_config=liger_config)
-    # What Trainer.train() does first with use_liger_kernel=True (training itself is too slow
-    # with interpreted kernels): patch the model with the kernels of args.liger_kernel_config.
+    trainer = _oar_trainer(tok, dataset, tmp_path, oar_algo="oar-p", use_liger_kernel=True,
+                           liger_kernel_config=liger_config)
+    assert trainer.args.liger_kernel_config["fused_linear_cross_entropy"] is False  # TRL keeps its loss path
+    # generation first (interpreted kernels make sampling slow), then what Trainer.train() does first
+    # with use_liger_kernel=True: patch the model with the kernels of args.liger_kernel_config.
+    ones, weighted, seq_adv = _batches_with_weights(trainer, dataset, monkeypatch, _known_weights)
     from transformers.integrations.liger import apply_liger_kernel
 
-    apply_liger_kernel(liger.model, liger.args.liger_kernel_config)
+    apply_liger_kernel(trainer.model, trainer.args.liger_kernel_config)
     assert modeling_qwen2.apply_rotary_pos_emb is not original_rope, "Liger's RoPE was not applied"
-    liger.model.train()
-    liger.current_gradient_accumulation_steps = 1
-    loss_liger, grads_liger = _loss_and_grads(liger, batch)
-    torch.testing.assert_close(loss_liger, loss_plain, rtol=1e-4, atol=1e-6)
-    for name in grads_plain:
-        torch.testing.assert_close(grads_liger[name], grads_plain[name], rtol=1e-3, atol=1e-5, msg=name)
-    _, grads_seq = _loss_and_grads(liger, dict(batch, advantages=seq_adv))
-    assert max((grads_liger[n] - grads_seq[n]).abs().max().item() for n in grads_seq) > 0
+    trainer.model.train()
+    _check_known_weights_reach_the_loss(trainer, ones, weighted, seq_adv)

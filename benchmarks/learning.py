@@ -25,7 +25,7 @@ Outputs in --out (default runs/learning):
                        the curve as numbers, timings, the command, date and git commit
 
 A run whose directory already holds a finished run with the same configuration is reused; one
-with a checkpoint of the same configuration is continued with --resume; one with a different
+with a checkpoint of the same configuration is continued with --resume_from_checkpoint; one with a different
 configuration is rerun from scratch. The report is rewritten after every finished run, using the
 seeds that are finished for every algorithm (same seeds, same compute for each algorithm).
 """
@@ -47,10 +47,10 @@ from oar_kernels.train.report import moving_average, read_jsonl  # read_jsonl: a
 
 ALGOS = ("grpo", "oar-g", "oar-p")
 COLORS = {"grpo": "tab:gray", "oar-g": "tab:blue", "oar-p": "tab:orange"}
-OWN_FLAGS = ("--algo", "--seed", "--output_dir", "--max_steps", "--eval_every", "--eval_size", "--num_threads",
-             "--resume", "--no-resume", "--config")
+OWN_FLAGS = ("--algo", "--seed", "--output_dir", "--max_steps", "--eval_steps", "--eval_every", "--eval_size",
+             "--num_threads", "--resume_from_checkpoint", "--overwrite_output_dir", "--resume", "--no-resume", "--config")
 # keys of config.yaml that may differ between attempts of the same run
-VOLATILE_KEYS = ("resume", "progress")
+VOLATILE_KEYS = ("resume_from_checkpoint", "overwrite_output_dir", "progress")
 # keys that do not change a run of the listed algorithms
 UNUSED_BY = {"oarg_step": ("grpo", "oar-p")}
 
@@ -369,7 +369,7 @@ def git_commit(cwd: str = ".") -> str:
 
 def trainer_argv(algo: str, seed: int, args, extra: List[str]) -> List[str]:
     return ["--algo", algo, "--seed", str(seed), "--max_steps", str(args.max_steps),
-            "--eval_every", str(args.eval_every), "--eval_size", str(args.eval_size),
+            "--eval_steps", str(args.eval_every), "--eval_size", str(args.eval_size),
             "--num_threads", str(args.num_threads), "--output_dir", run_dir(args.out, algo, seed),
             "--no-progress", *extra]
 
@@ -422,8 +422,8 @@ def run_one(algo: str, seed: int, args, extra: List[str], i: int, n: int) -> boo
     os.makedirs(path, exist_ok=True)
     bench = read_json(os.path.join(path, "bench.json")) if state == "resume" else None
     bench = bench or {"wall_s": 0.0, "attempts": []}
-    if state == "resume":
-        argv = argv + ["--resume"]
+    # the folder holds this script's train.log / bench.json: a fresh run replaces only the trainer's outputs
+    argv = argv + (["--resume_from_checkpoint", "last"] if state == "resume" else ["--overwrite_output_dir"])
     env = dict(os.environ, OMP_NUM_THREADS=str(max(args.num_threads, 1)), MKL_NUM_THREADS=str(max(args.num_threads, 1)),
                TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, "-m", "oar_kernels.train", *argv]

@@ -5,17 +5,17 @@
     python benchmarks/rl_step.py --out rl_step.md      # also write the table (.md markdown, .csv CSV)
     python benchmarks/rl_step.py --synthetic qwen2-0.5b --max-completion-length 256   # realistic size (GPU)
 
-What is measured (one process, the trainer's own functions from oar_kernels.train.loop):
+What is measured (one process, the trainer's own functions from oar_kernels.train):
 
-* rollout: loop.sample (transformers generate) of num_generations responses per prompt,
+* rollout: train.generation.sample (transformers generate) of num_generations responses per prompt,
   seeded as the trainer seeds step 0. It is generated once per repeat with the same seed and
   must give identical completions each time; those completions are then reused by every
   algorithm, so only the OAR part differs between grpo, oar-g and oar-p.
 * reward: the trainer's reward function (accuracy_reward) + group_advantages.
-* importance: loop.oar_weights minus the Bi-Level reshape inside it (segment building + the
+* importance: train.weights.oar_weights minus the Bi-Level reshape inside it (segment building + the
   importance function the trainer picks: gradient_importance for oar-g,
   perturbation_importance for oar-p; zero for grpo).
-* reshape: bilevel_reshape as called by loop.oar_weights (timed by wrapping it).
+* reshape: bilevel_reshape as called by oar_weights (timed by wrapping it).
 * update: the trainer's policy update: padding, completion_logp (forward at the sampling
   temperature), grpo_loss with the OAR weights, backward, gradient clipping, AdamW step.
 
@@ -78,7 +78,8 @@ def make_config(algo="grpo", prompts=16, num_generations=8, max_completion_lengt
 def load_model(model: str, device: torch.device, dtype: str = "float32", log: Callable = print):
     """(model, tokenizer, path) through the trainer's loader ('default': the policy shipped
     in the package)."""
-    from oar_kernels.train.loop import Dist, load_policy
+    from oar_kernels.train.distributed import Dist
+    from oar_kernels.train.policy import load_policy
 
     cfg = make_config(model=model, dtype=dtype)
     m, tok, path = load_policy(cfg, Dist(), log)
@@ -87,11 +88,11 @@ def load_model(model: str, device: torch.device, dtype: str = "float32", log: Ca
 
 @contextlib.contextmanager
 def _timed_oar_parts(acc: Dict[str, float], device):
-    """Wraps loop.importance_fns / loop.bilevel_reshape so that loop.oar_weights reports the
+    """Wraps trainer_weights.importance_fns / trainer_weights.bilevel_reshape so that the trainer's oar_weights reports the
     time of the importance function and of the reshape it calls (restored on exit)."""
-    from oar_kernels.train import loop
+    from oar_kernels.train import weights as trainer_weights
 
-    orig_fns, orig_reshape = loop.importance_fns, loop.bilevel_reshape
+    orig_fns, orig_reshape = trainer_weights.importance_fns, trainer_weights.bilevel_reshape
 
     def timed(fn, key):
         def wrapper(*a, **k):
@@ -106,20 +107,20 @@ def _timed_oar_parts(acc: Dict[str, float], device):
         g, p = orig_fns()
         return timed(g, "importance_fn"), timed(p, "importance_fn")
 
-    loop.importance_fns, loop.bilevel_reshape = fns, timed(orig_reshape, "reshape")
+    trainer_weights.importance_fns, trainer_weights.bilevel_reshape = fns, timed(orig_reshape, "reshape")
     try:
         yield
     finally:
-        loop.importance_fns, loop.bilevel_reshape = orig_fns, orig_reshape
+        trainer_weights.importance_fns, trainer_weights.bilevel_reshape = orig_fns, orig_reshape
 
 
 def policy_update(model, opt, sched, tokenizer, rows, adv, weights, cfg, device) -> float:
-    """Section 4 of loop.train_step for one process and one micro-batch: padding, forward at
+    """train.update.update for one process and one micro-batch: padding, forward at
     the sampling temperature (through the fused LM-head log-probs where the trainer would use
-    them: loop.fused_lm_head), weighted grpo_loss, backward, clipping, optimizer step."""
+    them: train.update.fused_lm_head), weighted grpo_loss, backward, clipping, optimizer step."""
     from oar_kernels import grpo_loss
     from oar_kernels.rollout import left_pad, right_pad
-    from oar_kernels.train.loop import completion_logp, fused_lm_head
+    from oar_kernels.train.update import completion_logp, fused_lm_head
 
     p_ids, p_mask = left_pad([r[0] for r in rows], tokenizer.pad_token_id)
     c_ids, c_mask = right_pad([r[1] for r in rows], tokenizer.pad_token_id)
@@ -147,10 +148,10 @@ def policy_update(model, opt, sched, tokenizer, rows, adv, weights, cfg, device)
 
 
 def _segments_for_step(rows, adv, tokenizer, cfg):
-    """The rows loop.oar_weights scores (nonzero advantage, an answer, some reasoning) and their
+    """The rows the trainer's oar_weights scores (nonzero advantage, an answer, some reasoning) and their
     Segments; the others get empty Segments (weight 1), as OARGStep wants one per row."""
     from oar_kernels.segments import Segments
-    from oar_kernels.train.loop import build_segments  # the trainer's symbol (synthetic mode patches it)
+    from oar_kernels.train.weights import build_segments  # the trainer's symbol (synthetic mode patches it)
 
     segs, picked = [], []
     empty = torch.zeros(0, dtype=torch.long)
@@ -191,14 +192,14 @@ def synthetic_segments(prompt_ids, response_ids, tokenizer, conclude_text, respo
 
 @contextlib.contextmanager
 def _synthetic_segments():
-    from oar_kernels.train import loop
+    from oar_kernels.train import weights as trainer_weights
 
-    orig = loop.build_segments
-    loop.build_segments = lambda p, r, tok, conclude_text, response_text=None, **_: synthetic_segments(p, r, tok, conclude_text)
+    orig = trainer_weights.build_segments
+    trainer_weights.build_segments = lambda p, r, tok, conclude_text, response_text=None, **_: synthetic_segments(p, r, tok, conclude_text)
     try:
         yield
     finally:
-        loop.build_segments = orig
+        trainer_weights.build_segments = orig
 
 
 SYNTHETIC_MODELS = {
@@ -216,7 +217,7 @@ def synthetic_model(name: str, device, dtype=torch.float32):
     any sampled id decodes). Nothing is downloaded."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from oar_kernels.models.tokenizer import build_char_tokenizer
+    from oar_kernels.default_job import build_char_tokenizer
 
     shape = SYNTHETIC_MODELS[name]
     tok = build_char_tokenizer(vocab_size=shape["vocab_size"])
@@ -233,9 +234,9 @@ def _oarg_step_once(model, opt, sched, tokenizer, rows, adv, cfg, seed, k, devic
     """One update with the one-forward OAR-G step; (importance s (segment building), 0,
     forward + saliency + reshape + loss + backward + step s, responses scored)."""
     from oar_kernels.importance import OARGStep
-    from oar_kernels.train.loop import derive_seed
+    from oar_kernels.train.generation import derive_seed
 
-    from oar_kernels.train.loop import fused_lm_head
+    from oar_kernels.train.update import fused_lm_head
 
     step = OARGStep(model, mode=cfg.resolved_pfinal_mode(), noise_std=cfg.noise_std, score=cfg.saliency,
                     tau=cfg.tau, beta=cfg.oar_beta, floor=cfg.floor, sum_to_len=cfg.sum_to_len,
@@ -282,7 +283,8 @@ def _measure(model, tokenizer, prompts, num_generations, max_completion_length, 
     from oar_kernels import group_advantages
     from oar_kernels.data import format_prompt, load_task
     from oar_kernels.rewards import load_reward_fn
-    from oar_kernels.train import loop
+    from oar_kernels.train import generation, weights as trainer_weights
+    from oar_kernels.train.update import make_optimizer
 
     device = device or next(model.parameters()).device
     base = make_config("grpo", prompts, num_generations, max_completion_length, seed)
@@ -290,7 +292,7 @@ def _measure(model, tokenizer, prompts, num_generations, max_completion_length, 
     reward_fn = load_reward_fn(base.reward_fn)
     examples = [task.train_example(seed, j) for j in range(prompts)]
     prompt_texts = [format_prompt(e.question, base.prompt_template) for e in examples]
-    sample_seeds = [loop.derive_seed(seed, 0, "sample", 0)]
+    sample_seeds = [generation.derive_seed(seed, 0, "sample", 0)]
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     reps = warmup + steps
 
@@ -299,7 +301,7 @@ def _measure(model, tokenizer, prompts, num_generations, max_completion_length, 
     for k in range(reps):
         model.load_state_dict(init_state)
         t = _now(device)
-        r = loop.sample(model, tokenizer, prompt_texts, base, sample_seeds)
+        r = generation.sample(model, tokenizer, prompt_texts, base, sample_seeds)
         dt = _now(device) - t
         if rows is None:
             rows = r
@@ -338,8 +340,7 @@ def _measure(model, tokenizer, prompts, num_generations, max_completion_length, 
     opts, scheds, states = {}, {}, {}
     for a in algos:
         model.load_state_dict(init_state)
-        opts[a] = torch.optim.AdamW(model.parameters(), lr=cfgs[a].learning_rate, weight_decay=cfgs[a].weight_decay)
-        scheds[a] = loop.make_scheduler(opts[a], cfgs[a])
+        opts[a], scheds[a] = make_optimizer(model, cfgs[a])
         states[a] = {k: v.clone() for k, v in init_state.items()}
     per = {a: {k: [] for k in ("importance", "reshape", "update")} for a in algos}
     scored = {a: 0 for a in algos}
@@ -354,8 +355,8 @@ def _measure(model, tokenizer, prompts, num_generations, max_completion_length, 
                 stats: Dict[str, float] = {}
                 with _timed_oar_parts(acc, device):
                     t = _now(device)
-                    weights, _ = loop.oar_weights(model, tokenizer, rows, adv, cfg,
-                                                  loop.derive_seed(seed, k, "noise", 0), stats)
+                    weights, _ = trainer_weights.oar_weights(model, tokenizer, rows, adv, cfg,
+                                                  generation.derive_seed(seed, k, "noise", 0), stats)
                     t_oar = _now(device) - t
                 t = _now(device)
                 policy_update(model, opt, sched, tokenizer, rows, adv, weights, cfg, device)
@@ -522,7 +523,7 @@ def format_table(res: Dict, fmt: str = "md") -> str:
 # ------------------------------------------------------------------------------------ GPU rows
 
 def gpu_rows(device, prompts=64, num_generations=8, max_completion_length=256, steps=3, model_path=None,
-             synthetic="qwen2-0.5b", synthetic_prompts=16) -> list:
+             synthetic="qwen2-0.5b", synthetic_prompts=16, naive_budget=30.0) -> list:
     """Rows (op, shape, metric, value, target, ok) for benchmarks/gpu_check.py: the full RL step
     on `device` for the trainer's default policy; for a realistic size, a `synthetic`-shaped
     model (random weights, bf16, synthetic answer spans: every response scored) at
@@ -544,7 +545,7 @@ def gpu_rows(device, prompts=64, num_generations=8, max_completion_length=256, s
                 model, tok, _ = synthetic_model(name, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
             else:
                 model, tok, _ = load_model(name, device, log=lambda *a, **k: None)
-            res = run(model, tok, P, num_generations, C, steps=steps, warmup=1, naive_budget=30.0,
+            res = run(model, tok, P, num_generations, C, steps=steps, warmup=1, naive_budget=naive_budget,
                       device=device, log=lambda *a, **k: None, synthetic=bool(kind))
             by = {r["algo"]: r for r in table_rows(res)}
             for algo in ("oar-g", "oar-g 1fwd", "oar-g bound", "oar-p"):
@@ -597,7 +598,7 @@ def main(argv=None) -> Dict:
                     help="skip the OAR-P table (prefix reuse vs plain vs naive): a shorter run")
     ap.add_argument("--out", default="", help="write the table: .csv as CSV, otherwise markdown")
     a = ap.parse_args(argv)
-    from oar_kernels.train.loop import Dist, resolve_device, set_cpu_threads
+    from oar_kernels.train.distributed import Dist, resolve_device, set_cpu_threads
 
     cfg = make_config(device=a.device, num_threads=max(a.threads, 0))
     device = resolve_device(cfg, Dist())

@@ -236,7 +236,7 @@ def test_perturbation_token_rule(tok, model):
 
 def test_trainer_answer_source(tok):
     from oar_kernels.train.config import from_dict
-    from oar_kernels.train.loop import scored_segments
+    from oar_kernels.train.weights import scored_segments
 
     rows = [(_enc(tok, p), _enc(tok, r) + [tok.eos_token_id], r, False) for p, r, _ in CASES]
     answers = [ref for _, _, ref in CASES]

@@ -12,8 +12,7 @@ def _load_bench():
 
 
 def _tiny_policy():
-    from oar_kernels.models.policy import WarmStartRecipe, build_model
-    from oar_kernels.models.tokenizer import build_char_tokenizer
+    from oar_kernels.default_job import WarmStartRecipe, build_char_tokenizer, build_model
 
     tok = build_char_tokenizer()
     recipe = WarmStartRecipe(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_positions=256)
@@ -24,11 +23,11 @@ def _tiny_policy():
 def test_rl_step_tiny(monkeypatch):
     bench = _load_bench()
     from oar_kernels.data import load_task
-    from oar_kernels.train import loop
+    from oar_kernels.train import generation
 
     model, tok = _tiny_policy()
     task = load_task("arithmetic")
-    real_sample = loop.sample
+    real_sample = generation.sample
 
     # A random model writes no answers (reward 0 everywhere, nothing for OAR to score): after the
     # real generate, the first response of each group is replaced by the worked solution, so
@@ -43,7 +42,7 @@ def test_rl_step_tiny(monkeypatch):
             out[j * G] = (rows[j * G][0], ids, sol, False)
         return out
 
-    monkeypatch.setattr(loop, "sample", sample)
+    monkeypatch.setattr(generation, "sample", sample)
     res = bench.run(model, tok, prompts=2, num_generations=2, max_completion_length=12, steps=1, warmup=0,
                     naive_budget=1.0, log=lambda *a, **k: None)
     algos = [r["algo"] for r in res["rows"]]
@@ -53,8 +52,10 @@ def test_rl_step_tiny(monkeypatch):
     bound = by["oar-g bound"]
     assert bound["importance"] > 0 and bound["scored"] == by["oar-g"]["scored"]
     assert all(bound[p] == by["grpo"][p] for p in ("rollout", "reward", "update"))
-    assert by["grpo"]["importance"] < by["oar-p"]["importance"] + 1.0
-    assert by["oar-g"]["scored"] >= 1 and by["oar-p"]["scored"] >= 1
+    # GRPO scores nothing and reshapes nothing; the OAR rows score the same responses and reshape them
+    assert by["grpo"]["scored"] == 0 and by["grpo"]["reshape"] == 0.0
+    assert by["oar-g"]["scored"] == by["oar-p"]["scored"] >= 1
+    assert by["oar-g"]["reshape"] > 0 and by["oar-p"]["reshape"] > 0
     for r in res["rows"]:
         assert all(r[p] >= 0 for p in bench.PARTS)
     o = res["oarp"]
@@ -69,23 +70,35 @@ def test_rl_step_tiny(monkeypatch):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_gpu_rows_exists():
+def test_gpu_rows_on_cpu_at_tiny_size():
+    """gpu_rows, the table benchmarks/gpu_check.py prints, runs end to end (here on the CPU at tiny
+    sizes): one OAR/GRPO ratio row per algorithm and target, each ratio the row's own times."""
     bench = _load_bench()
-    assert callable(bench.gpu_rows)
+    rows = bench.gpu_rows("cpu", prompts=2, num_generations=2, max_completion_length=12, steps=1,
+                          synthetic="tiny", synthetic_prompts=2, naive_budget=0.5)
+    assert rows and not [r for r in rows if "error" in r["metric"]], rows
+    shapes = {r["shape"].split()[0] for r in rows}
+    assert shapes == {"default", "tiny"}
+    for r in rows:
+        assert set(r) == {"op", "shape", "metric", "value", "target", "ok"} and r["value"] > 0
+        if r["target"].startswith("<= "):  # pass/fail is the ratio against the stated target
+            assert r["ok"] == (r["value"] <= float(r["target"][3:]))
+    algos = {r["metric"].split(" / grpo")[0] for r in rows if " / grpo full step" in r["metric"]}
+    assert {"oar-g", "oar-g 1fwd", "oar-p"} <= algos
 
 
 def test_rl_step_synthetic_scores_every_response():
     """--synthetic: a random-weight Qwen2 (tiny shape here; qwen2-0.5b on a GPU) whose responses
     are all scored through synthetic answer spans, so OAR's cost shows without a trained model."""
     bench = _load_bench()
-    from oar_kernels.train import loop
+    from oar_kernels.train import weights as trainer_weights
 
-    real = loop.build_segments
+    real = trainer_weights.build_segments
     model, tok, label = bench.synthetic_model("tiny", "cpu")
     assert model.config.vocab_size == len(tok) == 1000 and "random init" in label
     res = bench.run(model, tok, prompts=2, num_generations=2, max_completion_length=12, steps=1, warmup=0,
                     naive_budget=1.0, log=lambda *a, **k: None, synthetic=True)
-    assert loop.build_segments is real  # the patch is undone
+    assert trainer_weights.build_segments is real  # the patch is undone
     by = {r["algo"]: r for r in res["rows"]}
     # every response longer than the answer span is scored (a random model rarely stops early)
     assert by["oar-g"]["scored"] == by["oar-p"]["scored"] == by["oar-g 1fwd"]["scored"] >= 3

@@ -21,8 +21,8 @@ def tiny_model(tmp_path_factory):
 
 def _args(model, out, algo):
     return ["--model", model, "--dataset", "arithmetic:2-2", "--output_dir", str(out), "--algo", algo,
-            "--max_steps", "2", "--prompts_per_step", "4", "--num_generations", "4", "--generation_batch_size", "2",
-            "--max_completion_length", "20", "--eval_size", "2", "--no-progress", "--save_every", "0",
+            "--max_steps", "2", "--prompts_per_step", "4", "--num_generations", "4", "--generation_batch_size", "8",
+            "--max_completion_length", "32", "--eval_size", "2", "--no-progress", "--save_steps", "0",
             "--reward_fn", "oar_kernels.rewards:format_reward", "--learning_rate", "1e-3"]
 
 
@@ -48,8 +48,16 @@ def test_two_processes_match_one(tiny_model, tmp_path, algo, fsdp):
     a, b = _rows(one), _rows(two)
     assert [r["step"] for r in b] == [1, 2]
     for ra, rb in zip(a, b):
-        for key in ("reward", "accuracy", "completion_length", "oar_responses", "weight_mean", "weight_max",
-                    "data_position"):
+        # the same responses, scored alike ...
+        for key in ("reward", "completion_length", "oar_responses"):
             assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-5), (ra["step"], key)
+        # ... with the same weights' spread (from step 2 on the parameters differ by the all-reduce's
+        # float32 rounding, which the KL mode's q - p signal at noise 1e-3 amplifies: 1e-3)
+        for key in ("weight_std", "weight_min", "weight_max", "boosted_frac"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-3, abs=1e-5), (ra["step"], key)
+        # ... and the same update: loss and gradient norm (before clipping) of the whole batch
         for key in ("loss", "grad_norm"):
             assert ra[key] == pytest.approx(rb[key], rel=1e-3, abs=1e-5), (ra["step"], key)
+    # what is compared is informative: responses were weighted, the weights spread, losses moved
+    assert sum(r["oar_responses"] for r in a) > 0 and any(r["weight_std"] > 0.05 for r in a)
+    assert all(r["grad_norm"] > 0 for r in a) and a[0]["loss"] != a[1]["loss"]

@@ -23,7 +23,7 @@ def tiny_model(tmp_path_factory):
 
 def tiny_config(model, out, **over):
     base = dict(model=model, dataset="arithmetic:2-2", output_dir=str(out), max_steps=2, prompts_per_step=4,
-                num_generations=4, max_completion_length=24, eval_size=4, progress=False, save_every=1,
+                num_generations=4, max_completion_length=24, eval_size=4, progress=False, save_steps=1,
                 reward_fn="oar_kernels.rewards:format_reward", learning_rate=1e-3, html_samples=2)
     base.update(over)
     return from_dict(base)
@@ -42,6 +42,7 @@ def test_short_run_writes_every_output(tiny_model, tmp_path, algo):
     train_rows, eval_rows = rows_of(out), rows_of(out, "eval")
     assert [r["step"] for r in train_rows] == [1, 2, 3]
     assert [r["step"] for r in eval_rows] == [0, 3]
+    assert all(r["eval_size"] == 4 for r in eval_rows)  # the real held-out count
     for r in train_rows:
         assert 0 <= r["reward"] <= 1 and 0 <= r["accuracy"] <= 1 and r["time_step"] > 0
         assert r["weight_min"] <= r["weight_mean"] <= r["weight_max"]
@@ -55,11 +56,11 @@ def test_short_run_writes_every_output(tiny_model, tmp_path, algo):
     with open(out / "config.yaml") as f:
         assert from_dict(yaml.safe_load(f)) == tiny_config(tiny_model, out, algo=algo, max_steps=3)
     assert parse_args(["--config", str(out / "config.yaml")]).algo == algo
-    # checkpoint: the last one is complete, older ones pruned (keep_checkpoints=2)
+    # checkpoint: the last one is complete, older ones pruned (save_total_limit=2)
     ckpts = sorted(os.listdir(out / "checkpoints"))
     assert ckpts == ["step-0000002.pt", "step-0000003.pt"]
     state = torch.load(out / "checkpoints" / ckpts[-1], weights_only=False)
-    assert state["step"] == 3 and {"model", "optimizer", "scheduler", "rng", "data_position"} <= set(state)
+    assert state["step"] == 3 and {"model", "optimizer", "scheduler", "rng", "data_position", "config"} <= set(state)
     assert not [p for p in os.listdir(out / "checkpoints") if ".tmp" in p]
     # plots and the weights page
     for png in ("reward.png", "accuracy.png"):
@@ -72,37 +73,6 @@ def test_short_run_writes_every_output(tiny_model, tmp_path, algo):
     else:
         assert not (out / "weights.png").exists()
     assert os.path.isfile(out / "final" / "config.json")
-
-
-def test_resume_after_interrupt_matches_an_uninterrupted_run(tiny_model, tmp_path):
-    k, n = 1, 6  # killed at step k, compared up to step k + 5
-    ref = tmp_path / "ref"
-    train(tiny_config(tiny_model, ref, algo="oar-g", max_steps=n, save_every=0), log=lambda *a: None)
-
-    out = tmp_path / "cut"
-    cfg = tiny_config(tiny_model, out, algo="oar-g", max_steps=n, save_every=0)
-
-    def ctrl_c(step):
-        if step == k:
-            signal.raise_signal(signal.SIGINT)  # as Ctrl-C: finish the step, checkpoint, exit
-
-    summary = train(cfg, log=lambda *a: None, step_hook=ctrl_c)
-    assert summary["interrupted"] and summary["steps"] == k
-    assert os.listdir(out / "checkpoints") == [f"step-{k:07d}.pt"]
-    summary = train(tiny_config(tiny_model, out, algo="oar-g", max_steps=n, save_every=0, resume=True),
-                    log=lambda *a: None)
-    assert summary["resumed_from"].endswith(f"step-{k:07d}.pt")
-    a, b = rows_of(ref), rows_of(out)
-    assert [r["step"] for r in b] == list(range(1, n + 1))
-    for ra, rb in zip(a, b):
-        for key in ra:
-            if key in TIME_KEYS:
-                continue
-            if isinstance(ra[key], (int, float)) and not isinstance(ra[key], bool):
-                assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-6), (ra["step"], key)
-            else:  # strings ("kind"), flags: equal, not approximately equal
-                assert ra[key] == rb[key], (ra["step"], key)
-    assert rows_of(ref, "eval") == rows_of(out, "eval")
 
 
 @pytest.mark.parametrize("argv, key", [
@@ -148,7 +118,7 @@ def test_conclude_text_auto_follows_the_data():
     assert TrainConfig(dataset="gsm8k").resolved_conclude_text() == DEFAULT_CONCLUDE_TEXT
     assert TrainConfig(dataset="data.jsonl").resolved_conclude_text() == DEFAULT_CONCLUDE_TEXT
     from oar_kernels import build_segments
-    from oar_kernels.models import build_char_tokenizer
+    from oar_kernels.default_job import build_char_tokenizer
 
     tok = build_char_tokenizer()
     response = tok.encode("3 + 17 = 20\n20 - 6 = 14\nThe answer is 14.", add_special_tokens=False) + [tok.eos_token_id]
@@ -170,7 +140,7 @@ def test_no_answer_gets_reward_zero_and_weights_one(tiny_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from oar_kernels.rewards import accuracy_reward
-    from oar_kernels.train.loop import oar_weights
+    from oar_kernels.train.weights import oar_weights
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     tok = AutoTokenizer.from_pretrained(tiny_model)
@@ -199,7 +169,7 @@ def test_ctrl_c_on_the_command_line_checkpoints_and_exits(tiny_model, tmp_path):
     out = tmp_path / "cli"
     args = [sys.executable, "-m", "oar_kernels.train", "--model", tiny_model, "--dataset", "arithmetic:2-2",
             "--output_dir", str(out), "--max_steps", "500", "--prompts_per_step", "2", "--num_generations", "2",
-            "--max_completion_length", "16", "--eval_size", "2", "--no-progress", "--save_every", "0"]
+            "--max_completion_length", "16", "--eval_size", "2", "--no-progress", "--save_steps", "0"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 90
@@ -218,7 +188,7 @@ def test_fused_lm_head_logp_equals_logits_path():
     path in value and parameter gradients (fp32: 1e-5), temperature and padding included."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from oar_kernels.train.loop import completion_logp
+    from oar_kernels.train.update import completion_logp
 
     torch.manual_seed(0)
     cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -241,7 +211,7 @@ def test_fused_lm_head_logp_equals_logits_path():
 
 def test_fused_lm_head_choice(tiny_model, tmp_path):
     """auto picks the fused path only for large vocabularies; 'on' trains the same as 'off'."""
-    from oar_kernels.train.loop import FUSED_MIN_VOCAB, fused_lm_head
+    from oar_kernels.train.update import FUSED_MIN_VOCAB, fused_lm_head
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
@@ -250,7 +220,7 @@ def test_fused_lm_head_choice(tiny_model, tmp_path):
     assert fused_lm_head(model, tiny_config(tiny_model, tmp_path, fused_lm_head="on")) is model.get_output_embeddings()
     # a large vocabulary: on CPU, auto streams the head only once the logits would reach 1 GiB
     from transformers import LlamaConfig, LlamaForCausalLM
-    from oar_kernels.train.loop import FUSED_CPU_MIN_BYTES
+    from oar_kernels.train.update import FUSED_CPU_MIN_BYTES
 
     big = LlamaForCausalLM(LlamaConfig(vocab_size=FUSED_MIN_VOCAB, hidden_size=8, intermediate_size=16,
                                        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
@@ -261,10 +231,10 @@ def test_fused_lm_head_choice(tiny_model, tmp_path):
     runs = {}
     for mode in ("off", "on"):
         out = tmp_path / mode
-        train(tiny_config(tiny_model, out, algo="oar-g", fused_lm_head=mode, save_every=0), log=lambda *a: None)
+        train(tiny_config(tiny_model, out, algo="oar-g", fused_lm_head=mode, save_steps=0), log=lambda *a: None)
         runs[mode] = rows_of(out)
     for a, b in zip(runs["off"], runs["on"]):
-        for key in ("reward", "loss", "grad_norm", "weight_mean"):
+        for key in ("reward", "loss", "grad_norm", "weight_std", "weight_max"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
 
 
@@ -274,7 +244,7 @@ def test_oarg_one_forward_step_matches_separate(tiny_model, tmp_path):
     runs = {}
     for mode in ("separate", "one-forward"):
         out = tmp_path / mode
-        train(tiny_config(tiny_model, out, algo="oar-g", oarg_step=mode, save_every=0, temperature=0.9),
+        train(tiny_config(tiny_model, out, algo="oar-g", oarg_step=mode, save_steps=0, temperature=0.9),
               log=lambda *a: None)
         runs[mode] = rows_of(out)
     a, b = runs["separate"][0], runs["one-forward"][0]

@@ -1,7 +1,10 @@
-"""Atomic checkpoints: written to a temporary file in the same folder, then os.replace'd.
+"""Atomic checkpoints: written to a temporary file in the same folder, fsync'ed, then
+os.replace'd, so a kill at any moment leaves the previous checkpoints complete.
 
 A checkpoint holds the model, optimizer and scheduler states, the RNG states (python, numpy,
-torch, CUDA), the step and the data position, so `--resume` continues exactly.
+torch, CUDA), the step, the data position, the run's configuration and, between two updates
+on one generation batch (num_iterations > 1), that batch, so `--resume_from_checkpoint`
+continues exactly.
 """
 from __future__ import annotations
 
@@ -51,6 +54,17 @@ def save_checkpoint(folder: str, step: int, state: Dict[str, Any], keep: int = 2
         except OSError:
             pass
     return path
+
+
+def remove_partial_writes(folder: str) -> int:
+    """Deletes the temporary files of checkpoint writes a kill cut short; returns how many."""
+    partial = glob.glob(os.path.join(folder, "step-*.pt.tmp-*"))
+    for path in partial:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+    return len(partial)
 
 
 def list_checkpoints(folder: str):

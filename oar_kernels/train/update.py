@@ -1,0 +1,195 @@
+"""The update: log-probs of the sampled responses under the policy, the weighted GRPO loss over
+micro-batches, and one optimizer step.
+
+`num_iterations` steps are taken on each generation batch (TRL's mu). The first one keeps the
+policy's log-probs as the sampling policy's (`Rollout.old_logp`: the parameters have not moved
+yet, so no extra forward), the later ones clip the ratio against them. With num_iterations=1
+the ratio is 1 at every token, as in plain on-policy GRPO.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .. import grpo_loss
+from ..rollout import left_pad, right_pad
+from .config import TrainConfig
+from .distributed import no_sync
+from .generation import Rollout
+from .weights import noise_seed
+
+
+def make_optimizer(model, cfg: TrainConfig):
+    """(AdamW, transformers.get_scheduler(cfg.lr_scheduler_type)) over max_steps optimizer steps."""
+    from transformers import get_scheduler
+
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    sched = get_scheduler(cfg.lr_scheduler_type, opt, num_warmup_steps=cfg.warmup_steps,
+                          num_training_steps=cfg.max_steps)
+    return opt, sched
+
+
+def completion_logp(model, input_ids, attention_mask, prompt_len: int, temperature: float = 1.0, lm_head=None):
+    """log-probs [B, C] of the completion tokens (columns prompt_len..) under `model`, with the
+    logits divided by the sampling temperature (the policy that produced the samples, as TRL).
+
+    lm_head: the model's output Linear to take the log-probs with oar.fused_linear_logprob from
+    the final hidden states, never building the [B, C, V] logits (the model is asked for one
+    position of logits only); None: from the model's logits.
+    """
+    pos = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+    if lm_head is not None:
+        from ..ops.fused_linear_logprob import fused_linear_logprob
+
+        out = model(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=pos,
+                    logits_to_keep=1, output_hidden_states=True)
+        h = out.hidden_states[-1][:, prompt_len - 1 : -1]  # after the final norm: the LM head's input
+        B, C, D = h.shape
+        targets = input_ids[:, prompt_len:].reshape(-1)
+        logp = fused_linear_logprob(h.reshape(B * C, D), lm_head.weight, targets, bias=lm_head.bias,
+                                    temperature=temperature)
+        return logp.view(B, C)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask.long(), position_ids=pos).logits
+    logits = logits[:, prompt_len - 1 : -1].float() / temperature
+    targets = input_ids[:, prompt_len:]
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+FUSED_MIN_VOCAB = 32768  # fused_lm_head="auto": from here on the [tokens, V] logits dominate memory
+FUSED_CPU_MIN_BYTES = 1 << 30  # on CPU the streamed head is slower: auto uses it only past this size
+
+
+def fused_lm_head(model, cfg: TrainConfig, num_tokens: int = 0):
+    """The output Linear when the update takes log-probs with the fused op (cfg.fused_lm_head),
+    else None. auto: vocabularies >= FUSED_MIN_VOCAB, for models whose logits are a plain linear
+    map of the last hidden state (no final logit soft-capping) and accept `logits_to_keep`; on
+    CPU only when the [num_tokens, V] float32 logits would reach FUSED_CPU_MIN_BYTES."""
+    if cfg.fused_lm_head == "off":
+        return None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    config = getattr(model, "config", None)
+    plain = (isinstance(head, torch.nn.Linear) and not getattr(config, "final_logit_softcapping", None)
+             and "logits_to_keep" in inspect.signature(model.forward).parameters)
+    if cfg.fused_lm_head == "on":
+        if not plain:
+            raise ValueError("fused_lm_head: 'on' needs a model whose logits are a plain nn.Linear of the last "
+                             "hidden state (no final_logit_softcapping) and whose forward accepts logits_to_keep")
+        return head
+    if not plain or head.out_features < FUSED_MIN_VOCAB:
+        return None
+    if head.weight.device.type == "cpu" and num_tokens * head.out_features * 4 < FUSED_CPU_MIN_BYTES:
+        return None
+    return head
+
+
+
+
+def padded(batch: Rollout, pad_id: int, cfg: TrainConfig):
+    """(input ids [B, Lp + C], attention mask, Lp, loss mask [B, C]) of the batch's rows:
+    prompts left-padded, responses right-padded to the batch's width."""
+    p_ids, p_mask = left_pad([r[0] for r in batch.rows], pad_id)
+    c_ids, c_mask = right_pad([r[1] for r in batch.rows], pad_id)
+    loss_mask = c_mask
+    if cfg.mask_truncated_completions:
+        loss_mask = c_mask & ~torch.tensor([r[3] for r in batch.rows]).unsqueeze(1)
+    return torch.cat([p_ids, c_ids], dim=1), torch.cat([p_mask, c_mask], dim=1), p_ids.shape[1], loss_mask
+
+
+def update(run, batch: Rollout, iteration: int) -> Dict[str, float]:
+    """One optimizer step on `batch` (iteration 0 .. num_iterations - 1 of it); returns the
+    step's loss (summed over micro-batches), clip ratio (of the whole step's tokens), gradient
+    norm (before clipping) and learning rate."""
+    cfg, dist = run.cfg, run.dist
+    ids, att, Lp, mask = padded(batch, run.tokenizer.pad_token_id, cfg)
+    n_items = dist.sum(mask.sum().double()).item()  # the whole step's tokens: exact accumulation
+    if cfg.num_iterations > 1 and batch.old_logp is None:
+        batch.old_logp = torch.zeros(mask.shape)
+    run.model.train()
+    run.opt.zero_grad(set_to_none=True)
+    head = fused_lm_head(run.model, cfg, ids.numel())
+    oarg = _oarg_step(run, head is not None) if iteration == 0 and batch.segments is not None else None
+    loss_sum, clipped = 0.0, 0.0
+    parts = np.array_split(np.arange(len(batch.rows)), cfg.gradient_accumulation_steps)
+    for k, idx in enumerate(parts):
+        with no_sync(run.wrapped, cfg, dist, sync=k == len(parts) - 1):
+            if len(idx) == 0:  # more micro-batches than rows: keep the collectives in step
+                sum(p.sum() * 0.0 for p in run.wrapped.parameters()).backward()
+                continue
+            idx = torch.as_tensor(idx, dtype=torch.long)
+            logp = _micro_batch_logp(run, batch, ids, att, Lp, idx, k, head, oarg)
+            loss, n_clipped = _micro_batch_loss(run, batch, logp, ids, att, Lp, mask, idx, iteration, n_items)
+        loss_sum += loss
+        clipped += n_clipped
+    grad_norm, lr = _optimizer_step(run)
+    return {"loss": loss_sum, "clip_ratio": clipped / max(n_items, 1.0), "grad_norm": grad_norm, "lr": lr}
+
+
+def _oarg_step(run, fused_head: bool):
+    from ..importance import OARGStep
+
+    cfg = run.cfg
+    return OARGStep(run.model, mode=cfg.resolved_pfinal_mode(), noise_std=cfg.noise_std, score=cfg.saliency,
+                    tau=cfg.tau, beta=cfg.oar_beta, floor=cfg.floor, sum_to_len=cfg.sum_to_len,
+                    fused_head=fused_head, temperature=cfg.temperature)
+
+
+def _micro_batch_logp(run, batch: Rollout, ids, att, Lp, idx, k, head, oarg) -> torch.Tensor:
+    """[mb, N] log-probs of the micro-batch's responses. With the one-forward OAR-G step, the same
+    forward also yields the batch's OAR weights for these rows (same noise convention as the
+    separate path: one generator per micro-batch, scored rows in order)."""
+    cfg, device = run.cfg, run.device
+    if oarg is None:
+        return completion_logp(run.wrapped, ids[idx].to(device), att[idx].to(device), Lp, cfg.temperature,
+                               lm_head=head)
+    rows = idx.tolist()
+    gen = torch.Generator().manual_seed(noise_seed(cfg, run.dist, batch.index, k))
+    out = oarg([batch.segments[i] for i in rows], [torch.as_tensor(batch.rows[i][1], dtype=torch.long) for i in rows],
+               generator=gen)
+    N = out.logp.shape[1]
+    batch.weights[idx, :N] = out.weights.detach().float().cpu()
+    for i in rows:
+        batch.reasoning[i, : batch.segments[i].num_reasoning] = True
+    return out.logp
+
+
+def _micro_batch_loss(run, batch: Rollout, logp, ids, att, Lp, mask, idx, iteration, n_items) -> Tuple[float, float]:
+    """Backward of the micro-batch's share of the step's loss; (its loss, its clipped tokens)."""
+    cfg, device = run.cfg, run.device
+    N = logp.shape[1]
+    old = None
+    if iteration > 0:
+        old = batch.old_logp[idx, :N].to(device)
+    elif batch.old_logp is not None:  # the sampling policy's log-probs, for the later iterations
+        batch.old_logp[idx, :N] = logp.detach().float().cpu()
+    ref = None
+    if cfg.beta > 0:
+        with torch.no_grad():
+            ref = completion_logp(run.ref_model, ids[idx].to(device), att[idx].to(device), Lp, cfg.temperature,
+                                  lm_head=fused_lm_head(run.ref_model, cfg, ids.numel()))[:, :N]
+    mb_mask = mask[idx, :N]
+    loss, m = grpo_loss(logp, old, batch.advantages[idx].to(device), mb_mask.to(device),
+                        weights=batch.weights[idx, :N].to(device), ref_logp=ref, epsilon=cfg.epsilon,
+                        epsilon_high=cfg.epsilon_high, beta=cfg.beta, loss_type=cfg.loss_type,
+                        max_completion_length=cfg.max_completion_length,
+                        num_sequences=cfg.prompts_per_step * cfg.num_generations, num_items_in_batch=n_items)
+    (loss * run.dist.world).backward()  # DDP / FSDP average gradients over processes
+    return float(loss.detach()), float(m["clip_ratio"]) * float(mb_mask.sum())
+
+
+def _optimizer_step(run) -> Tuple[float, float]:
+    """Clip, step, schedule; (gradient norm before clipping, learning rate of this step)."""
+    params = [p for p in run.wrapped.parameters()]
+    if run.cfg.max_grad_norm > 0:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, run.cfg.max_grad_norm))
+    else:
+        grad_norm = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None)))
+    lr = run.sched.get_last_lr()[0]
+    run.opt.step()
+    run.sched.step()
+    run.opt.zero_grad(set_to_none=True)
+    if run.vllm is not None:
+        run.vllm.sync_weights(run.model)
+    return grad_norm, lr

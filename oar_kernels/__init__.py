@@ -30,7 +30,7 @@ _EXPORTS = {
     "AnswerSpan": ".answers",
     "extract_answer": ".answers",
 }
-_SUBMODULES = ("reference", "ops", "kernels", "importance", "train", "rewards", "data", "models", "rollout")
+_SUBMODULES = ("reference", "ops", "kernels", "importance", "train", "rewards", "data", "default_job", "rollout")
 
 __all__ = sorted(_EXPORTS) + ["__version__", "reference"]
 

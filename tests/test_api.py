@@ -52,3 +52,13 @@ def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
 def test_train_module_has_help():
     out = subprocess.run([sys.executable, "-m", "oar_kernels.train", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--algo" in out.stdout
+
+
+def test_every_lazy_submodule_imports():
+    """`oar.<submodule>` for each name oar_kernels promises (a moved package must not leave a dead name)."""
+    import types
+
+    import oar_kernels as oar
+
+    for name in oar._SUBMODULES:
+        assert isinstance(getattr(oar, name), types.ModuleType), name

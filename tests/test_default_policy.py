@@ -84,7 +84,7 @@ def test_default_run_computes_the_same_at_1_and_2_threads(tmp_path):
         for n in (1, 2):
             out = tmp_path / f"t{n}"
             cfg = from_dict(dict(output_dir=str(out), max_steps=2, prompts_per_step=2, num_generations=4,
-                                 eval_size=16, progress=False, save_every=0, num_threads=n, html_samples=0))
+                                 eval_size=16, progress=False, save_steps=0, num_threads=n, html_samples=0))
             train(cfg, log=lambda *a: None)
             with open(out / "metrics.jsonl") as f:
                 rows[n] = [json.loads(line) for line in f]

@@ -65,14 +65,20 @@ def test_trl_names_and_deprecated_aliases(tmp_path):
     for name in ("lr_scheduler_type", "save_steps", "eval_steps", "save_total_limit", "resume_from_checkpoint",
                  "overwrite_output_dir", "generation_batch_size", "num_iterations"):
         assert name in FIELDS
-    with pytest.warns(FutureWarning, match="save_every is deprecated.*save_steps"):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
         cfg = parse_args(["--save_every", "3", "--eval-every=2"])
     assert (cfg.save_steps, cfg.eval_steps) == (3, 2)
+    messages = [str(w.message) for w in seen if issubclass(w.category, FutureWarning)]
+    assert any(m.startswith("save_every is deprecated") and "save_steps" in m for m in messages)
+    assert any(m.startswith("eval_every is deprecated") and "eval_steps" in m for m in messages)
     with pytest.warns(FutureWarning, match="resume"):
         assert parse_args(["--resume"]).resume_from_checkpoint == "last"
     (tmp_path / "old.yaml").write_text("keep_checkpoints: 5\nlr_scheduler: cosine\n")
-    with pytest.warns(FutureWarning, match="keep_checkpoints"):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
         cfg = parse_args(["--config", str(tmp_path / "old.yaml")])
+    assert {str(w.message).split()[0] for w in seen} == {"keep_checkpoints", "lr_scheduler"}
     assert (cfg.save_total_limit, cfg.lr_scheduler_type) == (5, "cosine")
     with pytest.warns(FutureWarning):
         assert from_dict({"resume": True}).resume_from_checkpoint == "last"

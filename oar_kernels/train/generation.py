@@ -34,8 +34,9 @@ class Rollout:
 
     rows[i] = (prompt token ids, response token ids with EOS, response text, truncated).
     weights / reasoning: [rows, C] OAR weights (1 outside the reasoning) and the reasoning mask,
-    set once per batch (by the first update on the one-forward OAR-G path). old_logp: [rows, C] log-probs of the sampling policy, kept from the first
-    update for the later ones (num_iterations > 1).
+    set once per batch (by the first update on the one-forward OAR-G path). old_logp: [rows, C]
+    log-probs of the sampling policy, kept from the first update for the later ones
+    (num_iterations > 1).
     """
     index: int
     prompts: List[str]

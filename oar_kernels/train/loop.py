@@ -287,8 +287,9 @@ def write_report(run: Run, summary: Dict[str, Any], log) -> None:
     with open(tmp, "w") as f:
         json.dump(summary, f, indent=2)
     os.replace(tmp, os.path.join(out, "summary.json"))
-    log(f"[oar] run folder: {out} (metrics.jsonl, config.yaml, checkpoints/, final/, {', '.join(os.path.basename(p) for p in summary['plots'])}, "
-        f"weights.html); wall time {summary['wall_time']:.0f}s")
+    plots = ", ".join(os.path.basename(p) for p in summary["plots"])
+    log(f"[oar] run folder: {out} (metrics.jsonl, config.yaml, checkpoints/, final/, {plots}, weights.html); "
+        f"wall time {summary['wall_time']:.0f}s")
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print, step_hook: Optional[Callable] = None,

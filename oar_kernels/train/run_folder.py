@@ -58,7 +58,8 @@ def _saved_config(state: Dict[str, Any], path: str) -> TrainConfig:
     try:
         return from_dict(state["config"])
     except ConfigError as err:
-        raise ConfigError(f"resume_from_checkpoint: the configuration saved in {path!r} is not valid today: {err}") from None
+        raise ConfigError(f"resume_from_checkpoint: the configuration saved in {path!r} is not valid today: "
+                          f"{err}") from None
 
 
 def restore_config(cfg: TrainConfig, given: Optional[Set[str]], log: Callable[[str], None]

@@ -43,7 +43,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-from oar_kernels.train.report import moving_average, read_jsonl  # read_jsonl: a line cut short by a kill ends the file
+from oar_kernels.train.report import moving_average, read_jsonl, save_figure  # read_jsonl: a line cut short by a kill ends the file
 
 ALGOS = ("grpo", "oar-g", "oar-p")
 COLORS = {"grpo": "tab:gray", "oar-g": "tab:blue", "oar-p": "tab:orange"}
@@ -184,16 +184,6 @@ def _figure(figsize):
     return Figure(figsize=figsize)
 
 
-def _save(fig, path: str, dpi: int = 120) -> None:
-    tmp = f"{path}.tmp.png"
-    try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def accuracy_figure(stats: Dict[str, dict], title: str = ""):
     """Held-out accuracy vs step as measured points: per algo, the mean over seeds (marker) with
     a bar from the lowest to the highest seed and each seed's value as a small dot; no line
@@ -260,14 +250,14 @@ def reward_figure(stats: Dict[str, dict], title: str = ""):
 def write_plot(stats: Dict[str, dict], path: str, title: str = ""):
     """Writes accuracy_figure to `path` (atomically) and returns the Figure."""
     fig = accuracy_figure(stats, title)
-    _save(fig, path)
+    save_figure(fig, path, dpi=120)
     return fig
 
 
 def write_reward_plot(stats: Dict[str, dict], path: str, title: str = ""):
     """Writes reward_figure to `path` (atomically) and returns the Figure."""
     fig = reward_figure(stats, title)
-    _save(fig, path)
+    save_figure(fig, path, dpi=120)
     return fig
 
 

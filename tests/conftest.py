@@ -140,3 +140,12 @@ def _run_launchers_on_gpu():
             setattr(mod, name, _on_gpu(getattr(mod, name)))
     # backend="triton" on CPU tensors is allowed (it reaches the wrapped launchers)
     _dispatch.interpreter_on = lambda: True
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """Folder of a warm-started tiny character policy (tests/tiny_models.py::save_warm_tiny_policy),
+    shared read-only by the trainer tests: the trainer loads it and writes elsewhere."""
+    from tiny_models import save_warm_tiny_policy
+
+    return save_warm_tiny_policy(str(tmp_path_factory.mktemp("tiny-policy")))

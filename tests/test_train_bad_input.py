@@ -13,13 +13,6 @@ from oar_kernels.train.__main__ import main
 from oar_kernels.train.policy import check_model_source
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from tiny_models import save_warm_tiny_policy
-
-    return save_warm_tiny_policy(str(tmp_path_factory.mktemp("tiny-policy-bad-input")))
-
-
 def _cli(args, env_extra=None, timeout=120):
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     t = time.time()

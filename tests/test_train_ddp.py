@@ -11,14 +11,6 @@ pytestmark = pytest.mark.skipif(not __import__("torch").distributed.is_available
                                 reason="needs torch.distributed")
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A warm-started tiny character policy (tests/tiny_models.py::save_warm_tiny_policy)."""
-    from tiny_models import save_warm_tiny_policy
-
-    return save_warm_tiny_policy(str(tmp_path_factory.mktemp("tiny-policy-ddp")))
-
-
 def _args(model, out, algo):
     return ["--model", model, "--dataset", "arithmetic:2-2", "--output_dir", str(out), "--algo", algo,
             "--max_steps", "2", "--prompts_per_step", "4", "--num_generations", "4", "--generation_batch_size", "8",

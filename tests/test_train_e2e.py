@@ -13,14 +13,6 @@ from oar_kernels.train.__main__ import main
 TIME_KEYS = {"time_rollout", "time_importance", "time_step"}
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A warm-started tiny character policy (tests/tiny_models.py::save_warm_tiny_policy)."""
-    from tiny_models import save_warm_tiny_policy
-
-    return save_warm_tiny_policy(str(tmp_path_factory.mktemp("tiny-policy")))
-
-
 def tiny_config(model, out, **over):
     base = dict(model=model, dataset="arithmetic:2-2", output_dir=str(out), max_steps=2, prompts_per_step=4,
                 num_generations=4, max_completion_length=24, eval_size=4, progress=False, save_steps=1,

@@ -17,13 +17,6 @@ from oar_kernels.train.update import update
 QUIET = dict(log=lambda *a: None)
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from tiny_models import save_warm_tiny_policy
-
-    return save_warm_tiny_policy(str(tmp_path_factory.mktemp("tiny-policy-iter")))
-
-
 def settings(model, out, **over):
     base = dict(model=model, dataset="arithmetic:2-2", output_dir=str(out), max_steps=4, prompts_per_step=4,
                 num_generations=4, max_completion_length=24, eval_size=4, progress=False, save_steps=0,

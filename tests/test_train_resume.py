@@ -18,13 +18,6 @@ TIME_KEYS = {"time_rollout", "time_importance", "time_step"}
 QUIET = dict(log=lambda *a: None)
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from tiny_models import save_warm_tiny_policy
-
-    return save_warm_tiny_policy(str(tmp_path_factory.mktemp("tiny-policy-resume")))
-
-
 def settings(model, out, **over):
     base = dict(model=model, dataset="arithmetic:2-2", output_dir=str(out), max_steps=6, prompts_per_step=4,
                 num_generations=4, max_completion_length=24, eval_size=4, progress=False, save_steps=2,
@@ -155,6 +148,7 @@ def test_resume_restores_the_saved_configuration(tiny_model, tmp_path, capsys):
     with open(out / "config.yaml") as f:
         saved = yaml.safe_load(f)
     assert (saved["algo"], saved["dataset"], saved["max_steps"]) == ("grpo", str(data), 3)
+    assert saved["resume_from_checkpoint"] is None  # --config config.yaml starts a new run, not a resume
     rows = rows_of(out)
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["oar_responses"] == 0  # still GRPO
     # the first run's final evaluation stays (a real measurement at step 2); the same held-out slice

@@ -391,10 +391,12 @@ def parse_args(argv: Optional[List[str]] = None, description: str = "") -> Train
 
 
 def dump_config(cfg: TrainConfig, path: str) -> None:
-    """Writes the resolved config as YAML (atomically); `--config path` reproduces the run."""
+    """Writes the resolved config as YAML (atomically); `--config path` reproduces the run (as a
+    new run: how this one was started, resumed or overwritten is left out)."""
     import yaml
 
+    data = dataclasses.replace(cfg, resume_from_checkpoint=None, overwrite_output_dir=False).to_dict()
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False, allow_unicode=True)
+        yaml.safe_dump(data, f, sort_keys=False, allow_unicode=True)
     os.replace(tmp, path)

@@ -62,7 +62,7 @@ def truncate_metrics(path: str, last_step: int, drop_final_eval: bool = False) -
 
 # -- writing files ---------------------------------------------------------------------------
 
-def _save_atomic(fig, path: str, dpi: int = 100) -> str:
+def save_figure(fig, path: str, dpi: int = 100) -> str:
     """Saves a figure next to `path` under a temporary name, then renames it: a reader never
     sees half a file, and nothing is left behind when saving fails."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -202,7 +202,7 @@ def plot_curves(rows: List[Dict[str, Any]], out_dir: str, title: str = "", *,
     paths = []
     for name, fig in (("reward.png", reward_figure(rows, title)),
                       ("accuracy.png", accuracy_figure(rows, title, temperature))):
-        paths.append(_save_atomic(fig, os.path.join(out_dir, name)))
+        paths.append(save_figure(fig, os.path.join(out_dir, name)))
         if figures is not None:
             figures[name] = fig
     return paths
@@ -336,7 +336,7 @@ def plot_weights(samples: List[Dict[str, Any]], path: str, title: str = "OAR wei
     weights.html: green boosted (w > 1), red suppressed (w < 1), grey outside the reasoning
     (w = 1), one scale for every response (the colour bar). figures: receives the Figure."""
     fig = weights_figure(samples, title, width, max_lines)
-    _save_atomic(fig, path, dpi=110)
+    save_figure(fig, path, dpi=110)
     if figures is not None:
         figures[os.path.basename(path)] = fig
 

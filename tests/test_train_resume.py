@@ -38,7 +38,8 @@ def rows_of(out, kind="train"):
 
 def assert_same_run(ref, out):
     """Every metric of every step equal (losses, gradient norms, weight spread included), and the
-    compared metrics informative (weights not all 1, losses not all equal)."""
+    compared metrics informative (weights not all 1, gradient norms not all equal; an on-policy
+    loss is about 0 by construction)."""
     a, b = rows_of(ref), rows_of(out)
     assert [r["step"] for r in b] == [r["step"] for r in a]
     for ra, rb in zip(a, b):
@@ -48,7 +49,7 @@ def assert_same_run(ref, out):
                 assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-7), (ra["step"], key)
             else:
                 assert ra[key] == rb[key], (ra["step"], key)
-    assert any(r["weight_std"] > 0 for r in a) and len({round(r["loss"], 9) for r in a}) > 1
+    assert any(r["weight_std"] > 0 for r in a) and len({round(r["grad_norm"], 6) for r in a}) > 2
     assert rows_of(ref, "eval") == rows_of(out, "eval")
 
 

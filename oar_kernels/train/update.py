@@ -100,8 +100,10 @@ def padded(batch: Rollout, pad_id: int, cfg: TrainConfig):
 
 def update(run, batch: Rollout, iteration: int) -> Dict[str, float]:
     """One optimizer step on `batch` (iteration 0 .. num_iterations - 1 of it); returns the
-    step's loss (summed over micro-batches), clip ratio (of the whole step's tokens), gradient
-    norm (before clipping) and learning rate."""
+    step's loss (summed over micro-batches and processes), clip ratio (of the whole step's
+    tokens), gradient norm (before clipping) and learning rate. On-policy (the first update on a
+    batch) the loss is about 0 whenever each response's weights have mean 1 (its value is
+    -mean_i A_i, and advantages are centred); its gradient is not."""
     cfg, dist = run.cfg, run.dist
     ids, att, Lp, mask = padded(batch, run.tokenizer.pad_token_id, cfg)
     n_items = dist.sum(mask.sum().double()).item()  # the whole step's tokens: exact accumulation
@@ -124,6 +126,7 @@ def update(run, batch: Rollout, iteration: int) -> Dict[str, float]:
         loss_sum += loss
         clipped += n_clipped
     grad_norm, lr = _optimizer_step(run)
+    loss_sum, clipped = dist.sum(torch.tensor([loss_sum, clipped], dtype=torch.float64)).tolist()  # all processes
     return {"loss": loss_sum, "clip_ratio": clipped / max(n_items, 1.0), "grad_norm": grad_norm, "lr": lr}
 
 

@@ -82,6 +82,10 @@ def test_trl_names_and_deprecated_aliases(tmp_path):
     assert (cfg.save_total_limit, cfg.lr_scheduler_type) == (5, "cosine")
     with pytest.warns(FutureWarning):
         assert from_dict({"resume": True}).resume_from_checkpoint == "last"
+    for value, want in (("true", "last"), ("false", None), (True, "last"), (False, None), ("none", None),
+                        ("last", "last"), ("runs/x/checkpoints/step-0000004.pt", "runs/x/checkpoints/step-0000004.pt")):
+        assert from_dict({"resume_from_checkpoint": value}).resume_from_checkpoint == want, value
+    assert parse_args(["--resume_from_checkpoint", "false"]).resume_from_checkpoint is None
     assert set(RENAMED.values()) <= set(FIELDS)
 
 

@@ -162,6 +162,9 @@ _HINTS = typing.get_type_hints(TrainConfig)
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 
 
+_BOOL_WORDS = ("true", "false", "yes", "no", "1", "0")
+
+
 def _truthy(v) -> bool:
     return v is True or str(v).lower() in ("true", "1", "yes", "on", "last")
 
@@ -189,6 +192,10 @@ def _coerce(name: str, value):
         raise ConfigError(f"{name}: expected {t.__name__}, got None")
     if name == "scale_rewards" and isinstance(value, bool):  # TRL's old boolean form
         value = "group" if value else "none"
+    if name == "resume_from_checkpoint" and (isinstance(value, bool) or str(value).lower() in _BOOL_WORDS):
+        value = "last" if _truthy(value) else None  # TRL takes a bool too: true = the last checkpoint
+        if value is None:
+            return None
     if isinstance(value, str) and t is not str:
         try:
             if t is bool:

@@ -13,7 +13,7 @@ needs, kept apart from the library core:
 Names resolve lazily: the task and the tokenizer builder load without transformers; the policy
 names check the supported transformers range on first use.
 """
-from importlib import import_module
+from .._lazy import lazy_getattr
 
 # public name -> module that defines it (relative to this package)
 _EXPORTS = {
@@ -38,13 +38,7 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'oar_kernels.default_job' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
 
 
 def __dir__():

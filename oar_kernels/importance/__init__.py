@@ -8,7 +8,7 @@ from .._deps import require_transformers
 
 require_transformers()  # one clear message for a missing or unsupported transformers
 
-from importlib import import_module
+from .._lazy import lazy_getattr
 
 _EXPORTS = {
     "perturbation_importance": ".perturbation",
@@ -23,10 +23,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'oar_kernels.importance' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())

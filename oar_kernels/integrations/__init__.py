@@ -8,7 +8,7 @@ them:
 
 The names are also reachable lazily from this package (``oar_kernels.integrations.OARGRPOTrainer``).
 """
-from importlib import import_module
+from .._lazy import lazy_getattr
 
 _EXPORTS = {
     "OARConfig": ".trl",
@@ -17,13 +17,7 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'oar_kernels.integrations' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())
 
 
 def __dir__():

@@ -4,7 +4,7 @@ them (tests/test_layering.py checks); the public ops carry their own code.
 They skip input validation (the public ops do it) and favour clarity over speed: loops over
 rows, groups and tokens where that reads closer to docs/algorithm.md than vectorized code.
 """
-from importlib import import_module
+from .._lazy import lazy_getattr
 
 _EXPORTS = {
     "bilevel_reshape_reference": ".bilevel",
@@ -18,10 +18,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'oar_kernels.reference' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS, globals())

@@ -148,24 +148,12 @@ def policy_update(model, opt, sched, tokenizer, rows, adv, weights, cfg, device)
 
 
 def _segments_for_step(rows, adv, tokenizer, cfg):
-    """The rows the trainer's oar_weights scores (nonzero advantage, an answer, some reasoning) and their
-    Segments; the others get empty Segments (weight 1), as OARGStep wants one per row."""
-    from oar_kernels.segments import Segments
-    from oar_kernels.train.weights import build_segments  # the trainer's symbol (synthetic mode patches it)
+    """(one Segments per row, the scored rows): the trainer's own choice (train.weights.row_segments:
+    nonzero advantage, an answer, some reasoning; empty Segments, weight 1, for the others), as
+    OARGStep wants them. Synthetic mode patches the build_segments it calls."""
+    from oar_kernels.train.weights import row_segments
 
-    segs, picked = [], []
-    empty = torch.zeros(0, dtype=torch.long)
-    for i, (p, resp, text, _) in enumerate(rows):
-        seg = None
-        if float(adv[i]) != 0.0:
-            seg = build_segments(p, resp, tokenizer, conclude_text=cfg.resolved_conclude_text(), response_text=text)
-            if seg.answer_text is None or seg.num_reasoning == 0:
-                seg = None
-        if seg is None:
-            seg = Segments(torch.as_tensor(p, dtype=torch.long), empty, empty, empty)
-        else:
-            picked.append(i)
-        segs.append(seg)
+    picked, segs = row_segments(rows, adv, tokenizer, cfg, None)
     return segs, picked
 
 

@@ -149,10 +149,9 @@ class ConfigError(ValueError):
     """A bad configuration value; the message starts with the key."""
 
 
-# Old names of this trainer -> TRL's names (value converters for the ones whose type changed).
+# Old names of this trainer -> TRL's names (the old boolean `resume` is a value _coerce takes).
 RENAMED = {"lr_scheduler": "lr_scheduler_type", "save_every": "save_steps", "eval_every": "eval_steps",
            "keep_checkpoints": "save_total_limit", "resume": "resume_from_checkpoint"}
-_RENAMED_VALUES = {"resume": lambda v: "last" if _truthy(v) else None}
 # Keys a resumed run may change (a notice is logged); any other differing key is an error.
 MUTABLE_ON_RESUME = frozenset({
     "max_steps", "save_steps", "eval_steps", "save_total_limit", "html_samples", "progress", "num_threads", "device",
@@ -271,7 +270,7 @@ def _renamed(key: str, value, where: str):
         return key, value
     new = RENAMED[key]
     warnings.warn(f"{key} is deprecated ({where}); use {new} (TRL's name)", FutureWarning, stacklevel=3)
-    return new, _RENAMED_VALUES.get(key, lambda v: v)(value)
+    return new, value
 
 
 def from_dict(data: Dict[str, Any], base: Optional[TrainConfig] = None) -> TrainConfig:
@@ -358,8 +357,7 @@ def _rename_flags(argv: List[str]) -> List[str]:
     for arg in argv:
         name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
         key = name.replace("-", "_")
-        negated = key.startswith("no_") and key[3:] in RENAMED
-        if negated and key[3:] == "resume":
+        if key == "no_resume":  # the old boolean's off switch: a new run, as without it
             _renamed("resume", False, "flag --no_resume")
             continue
         if key in RENAMED:

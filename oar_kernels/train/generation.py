@@ -6,7 +6,6 @@ a run over N processes with the same `generation_batch_size` sample the same res
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import os
@@ -59,7 +58,7 @@ class Rollout:
 
     def to_state(self) -> Dict[str, Any]:
         """What a checkpoint taken between two updates on this batch keeps."""
-        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, "segments": None}
+        return {**vars(self), "segments": None}
 
     @classmethod
     def from_state(cls, state: Dict[str, Any]) -> "Rollout":

@@ -184,7 +184,7 @@ def _micro_batch_loss(run, batch: Rollout, logp, ids, att, Lp, mask, idx, iterat
 
 def _optimizer_step(run) -> Tuple[float, float]:
     """Clip, step, schedule; (gradient norm before clipping, learning rate of this step)."""
-    params = [p for p in run.wrapped.parameters()]
+    params = list(run.wrapped.parameters())
     if run.cfg.max_grad_norm > 0:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, run.cfg.max_grad_norm))
     else:

@@ -1,11 +1,11 @@
 """Data parallelism: `torchrun --nproc_per_node 2` (gloo, CPU) follows the single-process
 curve for the same global batch and seed."""
-import json
 import os
 import subprocess
 import sys
 
 import pytest
+from tiny_models import metrics_rows
 
 pytestmark = pytest.mark.skipif(not __import__("torch").distributed.is_available(),
                                 reason="needs torch.distributed")
@@ -16,11 +16,6 @@ def _args(model, out, algo):
             "--max_steps", "2", "--prompts_per_step", "4", "--num_generations", "4", "--generation_batch_size", "8",
             "--max_completion_length", "32", "--eval_size", "2", "--no-progress", "--save_steps", "0",
             "--reward_fn", "oar_kernels.rewards:format_reward", "--learning_rate", "1e-3"]
-
-
-def _rows(out):
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        return [r for r in map(json.loads, f) if r["kind"] == "train"]
 
 
 @pytest.mark.parametrize("algo, fsdp, iterations", [("oar-g", False, 1), ("oar-g", True, 1), ("oar-p", True, 1),
@@ -40,7 +35,7 @@ def test_two_processes_match_one(tiny_model, tmp_path, algo, fsdp, iterations):
                          "-m", "oar_kernels.train", *_args(tiny_model, two, algo), *extra, *(["--fsdp"] if fsdp else [])],
                         env=env, capture_output=True, text=True, timeout=300)
     assert r2.returncode == 0, r2.stderr[-3000:]
-    a, b = _rows(one), _rows(two)
+    a, b = metrics_rows(one), metrics_rows(two)
     assert [r["step"] for r in b] == [1, 2]
     for ra, rb in zip(a, b):
         # the same responses, scored alike ...

@@ -1,5 +1,4 @@
 """The trainer end to end on a TINY policy (not the full default run): outputs, resume, errors."""
-import json
 import os
 import signal
 
@@ -9,6 +8,7 @@ import yaml
 
 from oar_kernels.train import ConfigError, TrainConfig, from_dict, parse_args, train
 from oar_kernels.train.__main__ import main
+from tiny_models import metrics_rows as rows_of
 
 TIME_KEYS = {"time_rollout", "time_importance", "time_step"}
 
@@ -19,11 +19,6 @@ def tiny_config(model, out, **over):
                 reward_fn="oar_kernels.rewards:format_reward", learning_rate=1e-3, html_samples=2)
     base.update(over)
     return from_dict(base)
-
-
-def rows_of(out, kind="train"):
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        return [r for r in map(json.loads, f) if r["kind"] == kind]
 
 
 @pytest.mark.parametrize("algo", ["grpo", "oar-g", "oar-p"])

@@ -1,8 +1,6 @@
 """num_iterations (TRL's mu): several optimizer steps on one generation batch, the sampling
 policy's log-probs kept from the first, the ratio clipped from the second on, OAR weights
 computed once per generation batch. With num_iterations=1 the update is plain on-policy GRPO."""
-import json
-import os
 import signal
 
 import pytest
@@ -13,22 +11,13 @@ from oar_kernels.train.distributed import Dist
 from oar_kernels.train.generation import Rollout
 from oar_kernels.train.loop import Run
 from oar_kernels.train.update import update
+from tiny_models import metrics_rows as rows_of, trainer_settings
 
 QUIET = dict(log=lambda *a: None)
 
 
 def settings(model, out, **over):
-    base = dict(model=model, dataset="arithmetic:2-2", output_dir=str(out), max_steps=4, prompts_per_step=4,
-                num_generations=4, max_completion_length=24, eval_size=4, progress=False, save_steps=0,
-                reward_fn="oar_kernels.rewards:format_reward", learning_rate=1e-3, html_samples=2, num_threads=1,
-                algo="oar-g")
-    base.update(over)
-    return base
-
-
-def rows_of(out, kind="train"):
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        return [r for r in map(json.loads, f) if r["kind"] == kind]
+    return trainer_settings(model, out, **{"max_steps": 4, "save_steps": 0, **over})
 
 
 def _run_and_batch(model_path, **cfg_over):

@@ -13,27 +13,18 @@ import yaml
 
 from oar_kernels.train import ConfigError, from_dict, train
 from oar_kernels.train.__main__ import main
+from tiny_models import metrics_rows as rows_of, trainer_settings
 
 TIME_KEYS = {"time_rollout", "time_importance", "time_step"}
 QUIET = dict(log=lambda *a: None)
 
 
 def settings(model, out, **over):
-    base = dict(model=model, dataset="arithmetic:2-2", output_dir=str(out), max_steps=6, prompts_per_step=4,
-                num_generations=4, max_completion_length=24, eval_size=4, progress=False, save_steps=2,
-                reward_fn="oar_kernels.rewards:format_reward", learning_rate=1e-3, html_samples=2, num_threads=1,
-                algo="oar-g")
-    base.update(over)
-    return base
+    return trainer_settings(model, out, **{"max_steps": 6, "save_steps": 2, **over})
 
 
 def argv_of(values):
     return [x for k, v in values.items() for x in (f"--{k}", str(v))]
-
-
-def rows_of(out, kind="train"):
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        return [r for r in map(json.loads, f) if r["kind"] == kind]
 
 
 def assert_same_run(ref, out):

@@ -212,3 +212,24 @@ def save_warm_tiny_policy(path: str) -> str:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+# The trainer tests' shared run settings: a tiny, deterministic (1 thread) OAR-G run on the
+# two-operand arithmetic task with a format reward, so short runs have answers to score.
+TRAINER_SETTINGS = dict(dataset="arithmetic:2-2", prompts_per_step=4, num_generations=4, max_completion_length=24,
+                        eval_size=4, progress=False, reward_fn="oar_kernels.rewards:format_reward", learning_rate=1e-3,
+                        html_samples=2, num_threads=1, algo="oar-g")
+
+
+def trainer_settings(model: str, out, **over) -> dict:
+    """TrainConfig values (for from_dict or as flags) of a tiny run of `model` into `out`."""
+    return {"model": model, "output_dir": str(out), **TRAINER_SETTINGS, **over}
+
+
+def metrics_rows(out, kind: str = "train") -> list:
+    """The metrics.jsonl rows of one kind ("train" or "eval") of the run folder `out`."""
+    import os
+
+    from oar_kernels.train.report import read_jsonl
+
+    return [r for r in read_jsonl(os.path.join(out, "metrics.jsonl")) if r.get("kind") == kind]

@@ -161,3 +161,16 @@ def test_warm_start_takes_the_shortcut_share_from_its_recipe(share, monkeypatch)
         policy.warm_start(model, tok, load_task("arithmetic:3-3"), recipe, "{question}\n", progress=False)
     assert len(seen) == 64
     assert all((ex.solution.count("=") == 1) == (share == 1.0) for ex in seen)
+
+
+def test_arithmetic_eval_stops_when_the_held_out_space_is_used_up():
+    """Two operands over 1..20 hold out only a few dozen distinct problems: asking for 500 returns
+    those (it used to loop forever), asking for 0 returns none."""
+    task = load_task("arithmetic:2-2")
+    evals = task.eval_examples(500)
+    questions = [e.question for e in evals]
+    assert 10 < len(evals) < 500 and len(set(questions)) == len(questions)
+    assert all(is_held_out(q) for q in questions)
+    assert task.eval_examples(len(evals) + 50) == evals  # nothing more to find
+    assert task.eval_examples(0) == [] and load_task("arithmetic").eval_examples(0) == []
+    assert len(load_task("arithmetic").eval_examples(300)) == 300

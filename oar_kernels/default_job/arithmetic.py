@@ -17,6 +17,7 @@ from typing import Iterator, List, Optional
 from ..data.base import Example
 
 HELD_OUT_BUCKETS = 10  # 1 question in HELD_OUT_BUCKETS is held out
+EXHAUSTED_AFTER = 10_000  # eval_examples: consecutive repeated draws that mean "no more held-out problems"
 # Every solution ends "The answer is N.": asking for the answer this way after the reasoning
 # makes OAR's scoring sequence (prompt + reasoning + conclude + answer) the response itself.
 CONCLUDE_TEXT = "The answer is "
@@ -103,12 +104,17 @@ class ArithmeticTask:
                 return ex
 
     def eval_examples(self, n: int, seed: int = 1234) -> List[Example]:
-        """n distinct held-out problems (deterministic for a given seed)."""
-        out, seen = [], set()
+        """Up to n distinct held-out problems (deterministic for a given seed): fewer when the
+        held-out space is smaller (two operands over 1..20 leave a few dozen), which shows as
+        EXHAUSTED_AFTER draws in a row that bring no new problem."""
+        out, seen, stale = [], set(), 0
         for ex in self._stream(seed, held_out=True):
-            if ex.question not in seen:
-                seen.add(ex.question)
-                out.append(ex)
-            if len(out) == n:
+            if len(out) >= n or stale >= EXHAUSTED_AFTER:
                 return out
+            if ex.question in seen:
+                stale += 1
+                continue
+            seen.add(ex.question)
+            out.append(ex)
+            stale = 0
         return out  # pragma: no cover (the stream is infinite)

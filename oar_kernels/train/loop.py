@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..data import load_task
-from ..data.base import describe_task, num_held_out
+from ..data.base import describe_task
 from ..rewards import load_reward_fn
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig, dump_config, validate
@@ -106,7 +106,7 @@ def load_data(cfg: TrainConfig, log) -> Tuple[Any, list]:
     real held-out count)."""
     task = load_task(cfg.dataset, cfg.eval_dataset or None, cfg.eval_size, cfg.seed)
     log(f"[oar] data: {describe_task(task, cfg.eval_size)}")
-    examples = task.eval_examples(cfg.eval_size) if num_held_out(task, cfg.eval_size) else []
+    examples = task.eval_examples(cfg.eval_size)  # the real held-out list, possibly empty
     if not examples:
         log(f"[oar] no held-out problems ({cfg.dataset!r}, eval_size {cfg.eval_size}): held-out accuracy is not "
             "evaluated")

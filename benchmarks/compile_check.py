@@ -166,7 +166,7 @@ def record_launches(num_sms: int) -> list:
     from oar_kernels.kernels import bilevel as kb
     from oar_kernels.kernels import linear_logprob as kl
     from oar_kernels.kernels import saliency as ks
-    from oar_kernels.ops.fused_linear_logprob import chunk_rows
+    from oar_kernels.ops._lm_head_chunks import chunk_cols, chunk_rows
 
     sink: list = []
     f32 = torch.float32
@@ -176,8 +176,8 @@ def record_launches(num_sms: int) -> list:
             fn()
 
     # LM head: the fused forward (oar.fused_linear_logprob) and the chunk kernels of
-    # lm_head_pass (the GRPO forward and every backward), as ops/fused_linear_logprob.py calls
-    # them. Every bias/entropy combination at the gpu_check shape; the worst one (both) elsewhere.
+    # ops/_lm_head_chunks.py (the chunked forward, the GRPO pass and the backward over row chunks
+    # or vocabulary blocks), as they call them. Every bias/entropy combination at the gpu_check shape; the worst one (both) elsewhere.
     for shape_name, (N, D, V, tdt) in LM_SHAPES.items():
         dtypes = (f32, torch.bfloat16, torch.float16) if shape_name == "gpu_check" else (f32, torch.bfloat16)
         for dtype in dtypes:
@@ -190,7 +190,7 @@ def record_launches(num_sms: int) -> list:
                 rec(f"fused_forward {shape_name} bias={bias} entropy={ent}", dtype,
                     lambda: kl.fused_forward(h, w, t, b, 0.7, ent))
             rows = chunk_rows(N, V, torch.device("cuda"))
-            z = cuda_like((rows, V), f32)  # lm_head_pass's fp32 logits chunk
+            z = cuda_like((rows, V), f32)  # the fp32 logits chunk of whole rows
             tt, lse, g = cuda_like((N,), tdt)[:rows], cuda_like((rows,), f32), cuda_like((rows,), f32)
             for ent in (False, True):
                 if dtype == f32:
@@ -201,6 +201,14 @@ def record_launches(num_sms: int) -> list:
                 extra = (cuda_like((rows,), f32), cuda_like((rows,), f32)) if ent else (None, None)
                 rec(f"chunk_dlogits {shape_name} entropy={ent}", dtype,
                     lambda: kl.chunk_dlogits(z, out, tt, lse, g, 0.7, *extra))
+            # the backward over vocabulary blocks: all N rows, a block of columns at col0 > 0
+            cols = chunk_cols(N, V, torch.device("cuda"))
+            zb = cuda_like((N, cols), f32)
+            outb = zb if dtype == f32 else cuda_like((N, cols), dtype)
+            nb = (cuda_like((N,), tdt), cuda_like((N,), f32), cuda_like((N,), f32))
+            entb = (cuda_like((N,), f32), cuda_like((N,), f32))
+            rec(f"chunk_dlogits vocab block {shape_name} entropy=True", dtype,
+                lambda: kl.chunk_dlogits(zb, outb, *nb, 0.7, *entb, col0=cols))
 
     # Bi-Level: rows in registers (T <= 4096) and walked in blocks; fp64 scores take log1p in fp64
     for B, T, dtypes in ((256, 2048, (f32, torch.bfloat16, torch.float64)), (8, 8192, (f32, torch.float64)),

@@ -137,6 +137,36 @@ def test_chunking_does_not_change_result(monkeypatch):
         torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("axis", ["vocab", "rows"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 3e-5), (torch.bfloat16, 2e-2)])
+def test_backward_either_axis(monkeypatch, backend, axis, dtype, tol):
+    """The backward walks vocabulary blocks (d weight written once per block) or row chunks
+    (d weight accumulated); both give the reference gradients of logp and entropy, with many
+    blocks and a partial last one. A dropped or doubled block, a target gradient credited to
+    the wrong block or a bias slice off by one is off by far more than the tolerance."""
+    from oar_kernels.ops import _lm_head_chunks as chunks
+
+    monkeypatch.setattr(chunks, "grad_axis", lambda n, v: axis)
+    monkeypatch.setitem(chunks.CHUNK_BYTES, "cpu", 4 * 23 * 7)  # 7 columns of 23 rows; 2 rows of 77
+    N, D, V = (23, 24, 77)
+    h, w, b, t = make(N, D, V, dtype=dtype)
+    t[:4] = torch.tensor([0, 6, 7, V - 1])  # targets on block edges
+    lp, ent = oar.fused_linear_logprob(h, w, t, bias=b, temperature=0.8, return_entropy=True, backend=backend)
+    rlp, rent = linear_logprob_reference(h, w, t, bias=b, temperature=0.8, return_entropy=True)
+    up = [torch.randn(N, dtype=torch.float64) for _ in range(2)]
+    for gf, gr in zip(grads_of((lp, ent), up, (h, w, b)), grads_of((rlp, rent), up, (h, w, b))):
+        assert gf.dtype == dtype
+        scale = gr.abs().max().item()
+        torch.testing.assert_close(gf.float(), gr.float(), atol=tol * scale, rtol=max(tol, 1e-4))
+
+
+def test_backward_axis_is_the_smaller_accumulator():
+    from oar_kernels.ops._lm_head_chunks import grad_axis
+
+    assert grad_axis(8192, 131072) == "vocab" and grad_axis(4096, 1000) == "rows"
+
+
 # ----------------------------------------------------------------------------- kernels
 
 
@@ -195,6 +225,12 @@ def test_chunk_kernels(poisoned):
     zr = z.clone().requires_grad_(True)
     (ref2,) = torch.autograd.grad((torch.log_softmax(zr / 0.6, -1).gather(1, t[:, None]).squeeze(1) * g).sum(), zr)
     torch.testing.assert_close(zz2, ref2, atol=1e-6, rtol=1e-5)
+    # a block of vocabulary columns (col0 > 0): the same columns of the whole-row result
+    c0, c1 = 30, 61
+    blk = z[:, c0:c1].contiguous()
+    outb = torch.full_like(blk, float("nan"))
+    K.chunk_dlogits(blk, outb, t, lse, g, 0.6, gh, ent, col0=c0)
+    torch.testing.assert_close(outb, ref[:, c0:c1], atol=1e-5, rtol=1e-5)
 
 
 class _GridRecorder:
@@ -261,14 +297,16 @@ def test_bad_inputs():
         f(h.double(), w.double(), t, backend="triton")
     with pytest.raises(ValueError, match="return_entropy"):
         f(h, w, t, return_entropy=1)
+    with pytest.raises(ValueError, match="forward_mode"):
+        f(h, w, t, forward_mode="tiled")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_triton_chunked_forward_mode(monkeypatch, dtype):
+def test_triton_chunked_forward_mode(dtype):
     """The alternative Triton forward (cuBLAS logits chunk + row-stats kernel) agrees too."""
-    monkeypatch.setattr(op_mod, "TRITON_FORWARD", "chunked")
     h, w, b, t = make(10, 24, 90, dtype=dtype)
-    lp, ent = oar.fused_linear_logprob(h, w, t, bias=b, temperature=0.9, return_entropy=True, backend="triton")
+    lp, ent = oar.fused_linear_logprob(h, w, t, bias=b, temperature=0.9, return_entropy=True, backend="triton",
+                                       forward_mode="chunked")
     rlp, rent = linear_logprob_reference(h, w, t, bias=b, temperature=0.9, return_entropy=True)
     torch.testing.assert_close(lp, rlp, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(ent, rent, atol=2e-5, rtol=1e-5)

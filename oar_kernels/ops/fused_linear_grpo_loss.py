@@ -14,13 +14,15 @@ aggregate_loss's.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from .._checks import FLOAT_DTYPES, check_tensor
 from ._grpo_torch import aggregate_loss, loss_metrics, per_token_grpo_loss
-from .fused_linear_logprob import check_lm_head_args, lm_head_pass
+from ._lm_head_chunks import LMHead, loss_pass
+from .fused_linear_logprob import check_lm_head_args
 from .grpo_loss import check_loss_args, token_advantages
 
 
@@ -33,46 +35,70 @@ def aggregation_coefficients(mask, loss_type, num_sequences, num_items_in_batch,
     return c
 
 
+@dataclass(frozen=True)
+class GRPOTerms:
+    """Everything the GRPO loss needs besides the LM head, validated, flat over B * T tokens
+    in the compute dtype."""
+
+    old: Optional[torch.Tensor]  # sampling log-probs, None: on-policy
+    adv: torch.Tensor  # per-token advantages (OAR weights applied)
+    ref: Optional[torch.Tensor]  # reference log-probs (beta > 0)
+    coef: torch.Tensor  # d aggregate_loss / d loss_t
+    epsilon: float
+    epsilon_high: float
+    beta: float
+    mask: torch.Tensor  # [B, T] bool
+    loss_type: str
+    num_sequences: Optional[int]
+    num_items_in_batch: object
+    max_completion_length: Optional[int]
+    temperature: float
+    use_triton: bool
+    grad_enabled: bool  # torch.is_grad_enabled() at the call (it is off inside Function.forward)
+
+    def per_token(self, logp, sl=slice(None)):
+        """(loss_t, ratio, kl or None) of the flat log-probs logp of tokens sl."""
+        old = logp.detach() if self.old is None else self.old[sl]
+        return per_token_grpo_loss(logp, old, self.adv[sl], self.epsilon, self.epsilon_high,
+                                   None if self.ref is None else self.ref[sl], self.beta)
+
+    def aggregate(self, loss_t):
+        return aggregate_loss(loss_t, self.mask, self.loss_type, self.num_sequences, self.num_items_in_batch,
+                              self.max_completion_length)
+
+
 class _FusedLinearGRPOLoss(torch.autograd.Function):
+    """(loss, ratio [B*T], kl [B*T] or empty) of the GRPO loss on the LM head's log-probs."""
+
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, state):
+    def forward(ctx, hidden, weight, bias, targets, terms: GRPOTerms):
         need_dh, need_dw, need_db = ctx.needs_input_grad[:3]
-        old, adv, ref, coef = state["old"], state["adv"], state["ref"], state["coef"]
-        eps_lo, eps_hi, beta = state["epsilon"], state["epsilon_high"], state["beta"]
+        any_grad = terms.grad_enabled and (need_dh or need_dw or (need_db and bias is not None))
 
-        any_grad = state["grad_enabled"] and (need_dh or need_dw or (need_db and bias is not None))
-
-        def grads(sl, logp_c, _ent):
+        def loss_grad(sl, logp_c):
             if not any_grad:  # e.g. under torch.no_grad(): log-probs only, no d logits
-                return None, None
+                return None
             with torch.enable_grad():
                 lp = logp_c.detach().requires_grad_(True)
-                o = lp.detach() if old is None else old[sl]
-                r = None if ref is None else ref[sl]
-                loss_t, _, _ = per_token_grpo_loss(lp, o, adv[sl], eps_lo, eps_hi, r, beta)
-                (g,) = torch.autograd.grad((loss_t * coef[sl]).sum(), lp)
-            return g, None
+                loss_t, _, _ = terms.per_token(lp, sl)
+                (g,) = torch.autograd.grad((loss_t * terms.coef[sl]).sum(), lp)
+            return g
 
-        dh, dW, db, logp, _, _ = lm_head_pass(
-            hidden, weight, bias, targets, state["temperature"], state["use_triton"], grads,
-            need_dh=need_dh, need_dw=need_dw, need_db=need_db and bias is not None,
-        )
-        state["logp"] = logp
-        ctx.save_for_backward(dh, dW, db)
+        head = LMHead(hidden, weight, bias, targets, terms.temperature, terms.use_triton)
+        logp, dh, dw, db = loss_pass(head, loss_grad, need_dh=need_dh, need_dw=need_dw, need_db=need_db)
+        ctx.save_for_backward(dh, dw, db)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
-        B, T = state["shape"]
-        lp2 = logp.view(B, T)
-        old2 = lp2 if old is None else old.view(B, T)
-        loss_t, ratio, kl = per_token_grpo_loss(
-            lp2, old2, adv.view(B, T), eps_lo, eps_hi, None if ref is None else ref.view(B, T), beta
-        )
-        state["ratio"], state["kl"] = ratio, kl
+        shape = terms.mask.shape
+        loss_t, ratio, kl = terms.per_token(logp)
+        kl = torch.empty(0, dtype=logp.dtype, device=logp.device) if kl is None else kl.view(shape)
+        ratio = ratio.view(shape)
+        ctx.mark_non_differentiable(ratio, kl)
         # the value from aggregate_loss itself; its gradient is the coef-weighted one above
-        return aggregate_loss(loss_t, state["mask"], *state["agg"])
+        return terms.aggregate(loss_t.view(shape)), ratio, kl
 
     @staticmethod
-    def backward(ctx, grad_out):
-        dh, dW, db = ctx.saved_tensors
+    def backward(ctx, grad_out, _g_ratio=None, _g_kl=None):
+        dh, dw, db = ctx.saved_tensors
         w_dtype, b_dtype = ctx.dtypes
         unit = bool(grad_out == 1)
 
@@ -84,7 +110,7 @@ class _FusedLinearGRPOLoss(torch.autograd.Function):
             acc = torch.float64 if x.dtype == torch.float64 else torch.float32
             return (x.to(acc) * grad_out.to(acc)).to(dtype)
 
-        return scale(dh, None if dh is None else dh.dtype), scale(dW, w_dtype), scale(db, b_dtype), None, None
+        return scale(dh, None if dh is None else dh.dtype), scale(dw, w_dtype), scale(db, b_dtype), None, None
 
 
 def fused_linear_grpo_loss(
@@ -151,16 +177,16 @@ def fused_linear_grpo_loss(
     like = torch.empty((B, T), dtype=cd, device=hidden.device)
     adv_t = token_advantages(advantages, weights, like)
     coef = aggregation_coefficients(mask, loss_type, num_sequences, num_items_in_batch, max_completion_length, cd)
-    state = {
-        "old": None if old_logp is None else old_logp.detach().to(cd).reshape(-1).contiguous(),
-        "ref": None if ref_logp is None else ref_logp.detach().to(cd).reshape(-1).contiguous(),
-        "adv": adv_t.detach().reshape(-1).contiguous(),
-        "coef": coef.reshape(-1).contiguous(),
-        "epsilon": epsilon, "epsilon_high": epsilon_high, "beta": beta,
-        "mask": mask, "agg": (loss_type, num_sequences, num_items_in_batch, max_completion_length),
-        "grad_enabled": torch.is_grad_enabled(),
-        "temperature": float(temperature), "use_triton": use == "triton", "shape": (B, T),
-    }
-    loss = _FusedLinearGRPOLoss.apply(h2, weight, bias, t1.contiguous(), state)
-    metrics = loss_metrics(state["ratio"], adv_t, mask, epsilon, epsilon_high, state["kl"])
+    terms = GRPOTerms(
+        old=None if old_logp is None else old_logp.detach().to(cd).reshape(-1).contiguous(),
+        adv=adv_t.detach().reshape(-1).contiguous(),
+        ref=None if ref_logp is None else ref_logp.detach().to(cd).reshape(-1).contiguous(),
+        coef=coef.reshape(-1).contiguous(),
+        epsilon=epsilon, epsilon_high=epsilon_high, beta=beta, mask=mask, loss_type=loss_type,
+        num_sequences=num_sequences, num_items_in_batch=num_items_in_batch,
+        max_completion_length=max_completion_length, temperature=float(temperature),
+        use_triton=use == "triton", grad_enabled=torch.is_grad_enabled(),
+    )
+    loss, ratio, kl = _FusedLinearGRPOLoss.apply(h2, weight, bias, t1.contiguous(), terms)
+    metrics = loss_metrics(ratio, adv_t, mask, epsilon, epsilon_high, kl if kl.numel() else None)
     return loss, metrics

@@ -8,16 +8,17 @@ Three kernels, no autograd (that lives in oar_kernels/ops/fused_linear_logprob.p
   never written. Partial statistics of the vocabulary slices are merged in torch ([S, N]).
 * `_chunk_stats_kernel`: the same statistics from an already materialized fp32 logits chunk
   [n, V] (one program per row, looping over V). Used where the logits chunk must exist anyway
-  (the GRPO forward, which turns the same chunk into gradients).
-* `_chunk_dlogits_kernel`: d loss / d logits for a logits chunk, given each row's log-sum-exp,
-  d loss / d logp (and d loss / d entropy): g * (onehot - p) - g_H * p * (log p + H), / T.
+  (the chunked forward, and the GRPO pass, which turns the same chunk into gradients).
+* `_chunk_dlogits_kernel`: d loss / d logits for a logits chunk (whole rows, or a block of
+  vocabulary columns), given each row's log-sum-exp, d loss / d logp (and d loss / d entropy):
+  g * (onehot - p) - g_H * p * (log p + H), / T.
 
 Why the backward materializes a [chunk, V] block instead of being one Triton kernel: d hidden
 needs a [BLOCK_N, D] accumulator (D = 2048 does not fit in registers) and d weight a sum over
 all rows; tiling D would recompute the logits D / BLOCK_D times, and fp32 atomics on dW would
-move N * V * D * 4 * (1/BLOCK_N + 1/BLOCK_V) bytes. A row chunk of logits (a few hundred MB at
-V = 152k) lets cuBLAS do the two big GEMMs at full rate, and the softmax-gradient pass here is
-one read and one write of the chunk.
+move N * V * D * 4 * (1/BLOCK_N + 1/BLOCK_V) bytes. A block of logits (a few hundred MB: all
+rows x a vocabulary block, or a row chunk x all of V) lets cuBLAS do the two big GEMMs at full
+rate, and the softmax-gradient pass here is one read and one write of the block.
 
 Every program index lives on grid axis 0 (limit 2**31 - 1), so no vocabulary or sequence size
 can overflow the 65535 limit of axes 1 and 2. All arithmetic is fp32: inputs are upcast right
@@ -144,11 +145,11 @@ def _chunk_stats_kernel(
 @triton.jit
 def _chunk_dlogits_kernel(
     Z, DZ, TGT, LSE, GLP, GENT, ENT,
-    V, stride_z, stride_dz, inv_t,
+    V, stride_z, stride_dz, inv_t, col0,
     ENTROPY: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    tgt = tl.load(TGT + row).to(tl.int64)
+    tgt = tl.load(TGT + row).to(tl.int64) - col0  # the block holds columns col0 .. col0 + V
     lse = tl.load(LSE + row).to(tl.float32)
     g = tl.load(GLP + row).to(tl.float32)
     if ENTROPY:
@@ -307,10 +308,13 @@ def chunk_dlogits(
     temperature: float,
     g_ent=None,
     ent=None,
+    col0: int = 0,
 ):
     """Writes d loss / d raw logits of chunk z [n, V] into out [n, V] (out may be z itself).
 
-    g_logp [n] = d loss / d logp; g_ent, ent [n] (both or neither) add the entropy term.
+    z holds columns col0 .. col0 + V of the full logits (a vocabulary block; lse is of the
+    whole rows). g_logp [n] = d loss / d logp; g_ent, ent [n] (both or neither) add the
+    entropy term.
     Any row strides of z and out; out's columns must be unit-stride (it is written in place),
     the other inputs are made so."""
     n, V = z.shape
@@ -324,7 +328,7 @@ def chunk_dlogits(
         _chunk_dlogits_kernel[(n,)](
             z, out, targets, lse, g_logp,
             g_ent if has_ent else g_logp, ent if has_ent else lse,
-            V, z.stride(0), out.stride(0), float(1.0 / temperature),
+            V, z.stride(0), out.stride(0), float(1.0 / temperature), int(col0),
             ENTROPY=has_ent, BLOCK_V=_row_block(V), num_warps=8 if z.is_cuda else 1,
         )
     return out

@@ -3,7 +3,10 @@
     python benchmarks/bench_linear_logprob.py [--out results.csv]
 
 1. oar.fused_linear_logprob fwd+bwd vs eager (logits = h @ W.T, log_softmax, gather) at
-   N=4096, D=512, V=32768 fp32. Targets: peak memory <= 0.25x eager, time <= 1.3x eager.
+   N=4096, D=512, V=32768, --dtype float32 (or bfloat16). Targets: peak memory <= 0.25x eager,
+   time <= 1.3x eager. Variant fused_rows is the same op with its backward forced over row
+   chunks (d weight accumulated in fp32 chunk after chunk: the backward before vocabulary
+   blocks), so the two backward axes are compared in one run.
 2. oar.fused_linear_grpo_loss fwd+bwd vs eager (eager log-probs + oar.grpo_loss) and vs
    liger-kernel's LigerFusedLinearGRPOLoss (compiled=False) at a moderate size.
 
@@ -79,8 +82,13 @@ def _child(args) -> None:
     if op == "grpo":
         B, T = args.grpo_b, args.grpo_t
         N, D, V = B * T, args.grpo_d, args.grpo_v
-    h = torch.randn(N, D, requires_grad=True)
-    w = (torch.randn(V, D) / D**0.5).requires_grad_(True)
+    dtype = getattr(torch, args.dtype) if op == "logprob" else torch.float32
+    h = torch.randn(N, D).to(dtype).requires_grad_(True)
+    w = (torch.randn(V, D) / D**0.5).to(dtype).requires_grad_(True)
+    if variant == "fused_rows":
+        from oar_kernels.ops import _lm_head_chunks
+
+        _lm_head_chunks.grad_axis = lambda n, v: "rows"
     t = torch.randint(0, V, (N,))
     g = torch.randn(N)
     if op == "grpo":
@@ -96,7 +104,7 @@ def _child(args) -> None:
     def run():
         if op == "logprob":
             if variant == "eager":
-                lp = torch.log_softmax(h @ w.t(), dim=-1).gather(1, t[:, None]).squeeze(1)
+                lp = torch.log_softmax((h @ w.t()).float(), dim=-1).gather(1, t[:, None]).squeeze(1)
             else:
                 lp = oar.fused_linear_logprob(h, w, t, backend="torch")
             grads = torch.autograd.grad((lp * g).sum(), (h, w))
@@ -135,7 +143,7 @@ def _child(args) -> None:
 def _spawn(args, which: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", which] + [
         f"--{k}={v}" for k, v in (
-            ("n", args.n), ("d", args.d), ("v", args.v), ("reps", args.reps), ("threads", args.threads),
+            ("n", args.n), ("d", args.d), ("v", args.v), ("reps", args.reps), ("threads", args.threads), ("dtype", args.dtype),
             ("grpo-b", args.grpo_b), ("grpo-t", args.grpo_t), ("grpo-d", args.grpo_d), ("grpo-v", args.grpo_v),
         )
     ]
@@ -151,6 +159,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=4096)
     p.add_argument("--d", type=int, default=512)
     p.add_argument("--v", type=int, default=32768)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="inputs of fused_linear_logprob")
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds for fused_linear_logprob")
     p.add_argument("--grpo-rounds", dest="grpo_rounds", type=int, default=1)
@@ -166,7 +175,7 @@ def main(argv=None) -> int:
         _child(args)
         return 0
 
-    plan = [("logprob", ["eager", "fused"])]
+    plan = [("logprob", ["eager", "fused", "fused_rows"])]
     if not args.skip_grpo:
         plan.append(("grpo", ["eager", "fused", "liger"]))
     rows = []
@@ -188,7 +197,7 @@ def main(argv=None) -> int:
             r = best[v]
             rows.append({
                 "op": "fused_linear_logprob" if op == "logprob" else "fused_linear_grpo_loss",
-                "variant": v, **shape, "dtype": "float32",
+                "variant": v, **shape, "dtype": args.dtype if op == "logprob" else "float32",
                 "time_s": round(r["time_s"], 4), "peak_mb": round(r["peak_mb"], 1),
                 "time_vs_eager": round(r["time_s"] / e["time_s"], 3),
                 "mem_vs_eager": round(r["peak_mb"] / max(e["peak_mb"], 1e-9), 3),
@@ -196,7 +205,7 @@ def main(argv=None) -> int:
                 "mem_vs_liger": round(r["peak_mb"] / max(best["liger"]["peak_mb"], 1e-9), 3) if "liger" in best else "",
             })
 
-    cols = ["op", "variant", "N", "D", "V", "time_s", "peak_mb", "time_vs_eager", "mem_vs_eager", "time_vs_liger", "mem_vs_liger"]
+    cols = ["op", "variant", "N", "D", "V", "dtype", "time_s", "peak_mb", "time_vs_eager", "mem_vs_eager", "time_vs_liger", "mem_vs_liger"]
     widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in cols]
     print("  ".join(c.ljust(wd) for c, wd in zip(cols, widths)))
     for r in rows:

@@ -88,41 +88,48 @@ class LMHead:
 _F32_MM: dict = {}
 
 
-def f32_gemm_ok(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether torch.mm / torch.addmm take out_dtype=float32 (and out=) for 16-bit operands
-    here and give the right numbers (checked once per device and dtype on a small product)."""
+def _probe_f32_gemm(device: torch.device, dtype: torch.dtype):
+    """(fp32-output mm and addmm work, mm also writes into a given out=) for 16-bit operands,
+    checked once per device and dtype on a small product."""
     key = (str(device), dtype)
     if key not in _F32_MM:
-        ok = False
+        g = torch.Generator(device="cpu").manual_seed(0)
+        a = torch.randn(64, 48, generator=g).to(device, dtype)
+        b = torch.randn(48, 80, generator=g).to(device, dtype)
+        want = a.float() @ b.float()
+
+        def close(x):
+            return bool(x.dtype == torch.float32 and torch.allclose(x, want, atol=1e-3, rtol=1e-3))
+
+        ok = into = False
         try:
-            g = torch.Generator(device="cpu").manual_seed(0)
-            a32 = torch.randn(64, 48, generator=g).to(device)
-            b32 = torch.randn(48, 80, generator=g).to(device)
-            a, b = a32.to(dtype), b32.to(dtype)
-            want = a.float() @ b.float()
+            acc = torch.zeros(64, 80, device=device)
+            torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+            ok = close(torch.mm(a, b, out_dtype=torch.float32)) and close(acc)
             got = torch.empty(64, 80, device=device)
             torch.mm(a, b, out_dtype=torch.float32, out=got)
-            acc = torch.ones(64, 80, device=device)
-            torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
-            ok = bool(
-                torch.allclose(got, want, atol=1e-3, rtol=1e-3)
-                and torch.allclose(acc, want + 1, atol=1e-3, rtol=1e-3)
-            )
+            into = ok and close(got)
         except Exception:  # older torch, or no fp32-output GEMM for this backend
-            ok = False
-        _F32_MM[key] = ok
+            pass
+        _F32_MM[key] = (ok, into)
     return _F32_MM[key]
+
+
+def f32_gemm_ok(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether torch.mm / torch.addmm take out_dtype=float32 for 16-bit operands here."""
+    return _probe_f32_gemm(device, dtype)[0]
 
 
 def mm_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """out = a @ b, out contiguous. 16-bit a, b into an fp32 out: cuBLAS writes fp32 straight
-    into out where torch can (no temporary, logits not rounded to 16 bits); otherwise the
-    16-bit product is upcast."""
+    into out where torch can (no temporary, logits not rounded to 16 bits); else into a
+    temporary that is copied; else the 16-bit product is upcast."""
     if a.dtype == out.dtype:
         return torch.mm(a, b, out=out)
-    if f32_gemm_ok(a.device, a.dtype):
+    ok, into = _probe_f32_gemm(a.device, a.dtype)
+    if into:
         return torch.mm(a, b, out_dtype=out.dtype, out=out)
-    return out.copy_(torch.mm(a, b))
+    return out.copy_(torch.mm(a, b, out_dtype=out.dtype) if ok else torch.mm(a, b))
 
 
 def addmm_acc_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:

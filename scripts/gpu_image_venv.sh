@@ -14,7 +14,7 @@
 #
 # Known: Triton 3.6.0's interpreter turns a loop bound into an int with int() on a
 # one-element array, which numpy >= 2.4 refuses (triton-lang/triton#9171, fixed in Triton
-# 3.8): under TRITON_INTERPRET=1 every kernel loop over a runtime bound (`range(0, D, ...)`)
+# 3.7.0): under TRITON_INTERPRET=1 every kernel loop over a runtime bound (`range(0, D, ...)`)
 # raises InterpreterError "only 0-dimensional arrays can be converted to Python scalars".
 # This concerns the interpreter only, not `--gpu` (compiled kernels).
 #

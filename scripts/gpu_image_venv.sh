@@ -12,11 +12,10 @@
 # - numpy: the newest 2.5.x, else the newest 2.4.x (the pin below takes the newest < 2.6).
 # The project is installed without its extras, plus its plain install_requires.
 #
-# Known: Triton 3.6.0's interpreter turns a loop bound into an int with int() on a
-# one-element array, which numpy >= 2.4 refuses (triton-lang/triton#9171, fixed in Triton
-# 3.7.0): under TRITON_INTERPRET=1 every kernel loop over a runtime bound (`range(0, D, ...)`)
-# raises InterpreterError "only 0-dimensional arrays can be converted to Python scalars".
-# This concerns the interpreter only, not `--gpu` (compiled kernels).
+# Triton 3.6.0's interpreter turns a loop bound into an int with int() on a one-element array,
+# which numpy >= 2.4 refuses (triton-lang/triton#9171, fixed in Triton 3.7.0); the package
+# works around it when its kernels are imported (oar_kernels/kernels/_interpreter.py), so the
+# interpreter run above passes here too.
 #
 #     bash scripts/gpu_image_venv.sh /path/to/venv-gpuimg
 #     . /path/to/venv-gpuimg/bin/activate && python -m pytest --co -q -m kernels tests/

@@ -6,9 +6,11 @@ the head weight [V, D], then the gradients of sum(logp * g) (+ sum(entropy * g2)
 to hidden and weight, or a GRPO loss and its gradients:
 
   logprob   oar       oar.fused_linear_logprob (backend auto: Triton on CUDA, chunked torch on
-                      CPU; `backend` chooses)
+                      CPU; `backend` chooses); "oar:fused" / "oar:chunked" choose its forward_mode
             trl       trl.kernels.chunked_logprob.ChunkedLogProbFunction (TRL's own chunk size)
-            liger     liger_kernel LigerFusedLinearScaledCrossEntropyFunction (logp = -nll)
+            liger     liger_kernel LigerFusedLinearScaledCrossEntropyFunction (logp = -nll), or on
+                      sm_90 without cutlass its Triton path (see liger_logprob); "liger:scaled",
+                      "liger:triton", "liger:fallback" force one path
             cce       cut_cross_entropy.linear_cross_entropy, exact (filter_eps=None), no entropy;
                       its CCE kernels on CUDA, its torch.compile path on CPU
             eager     materialized fp32 logits, log_softmax, gather
@@ -19,9 +21,14 @@ to hidden and weight, or a GRPO loss and its gradients:
             eager     materialized logits + oar.grpo_loss; compiled: under torch.compile
 
 make_*(...) returns {name: fn} for the baselines that can be had here and {name: reason} for the
-ones that cannot (not installed, no entropy, ...): a missing baseline is reported, not fatal.
+ones that cannot (not installed, no entropy, ...): a missing baseline is reported, not fatal. A
+closure may carry a `note` attribute saying which of a library's paths it runs. A baseline can
+still fail when called (a torch.compile error, a kernel its library cannot build here): callers
+report that as missing too.
 """
 from __future__ import annotations
+
+import importlib.util
 
 import torch
 
@@ -38,23 +45,67 @@ def _eager_logprob(h, w, t, entropy):
     return lp, -(logp_all.exp() * logp_all).sum(-1)
 
 
-def make_logprob(h, w, t, g, g2=None, entropy=False, names=LOGPROB, trl_chunk=None, backend="auto"):
-    """fwd+bwd closures for per-token log-probs (and entropy): {name: fn}, {name: why missing}."""
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # a dotted name whose parent package is missing
+        return False
+
+
+def liger_logprob(h, w, t, entropy, impl="auto"):
+    """(fn, note): fn() gives liger's per-token NLL (and entropy) for h, w, t; note names the path.
+
+    LigerFusedLinearScaledCrossEntropyFunction ("scaled") runs a chunked torch fallback (Verl's
+    formulas, 512 rows a chunk) everywhere except sm_90, where liger 0.8.5 dispatches it to a
+    CuTe-DSL kernel importing `cutlass` and `cuda.bindings`; liger does not install them, so
+    there it fails at call time. "auto" keeps "scaled" unless that would happen, and then takes
+    liger's Triton path, LigerFusedLinearCrossEntropyFunction(reduction="none") ("triton": no
+    entropy output), or for the entropy the fallback liger runs on other GPUs ("fallback")."""
+    from liger_kernel.ops import fused_linear_scaled_cross_entropy as sce
+
+    note = ""
+    if impl == "auto":
+        impl = "scaled"
+        if h.is_cuda and torch.version.hip is None and torch.cuda.get_device_capability(h.device) == (9, 0):
+            if not (_importable("cutlass") and _importable("cuda.bindings")):
+                impl = "fallback" if entropy else "triton"
+                note = "its scaled CE needs CuTe-DSL (cutlass, cuda.bindings) on sm_90, absent: "
+    if impl == "scaled":
+        return (lambda: sce.LigerFusedLinearScaledCrossEntropyFunction.apply(h, w, t, 1.0, -100, 1, entropy)), \
+            note + "scaled CE"
+    if impl == "fallback":
+        return (lambda: sce._FusedLinearPPOFallbackFunction.apply(h, w, t, 1.0, -100, entropy)), \
+            note + "scaled CE's torch fallback"
+    if entropy:
+        raise ValueError("liger's Triton LigerFusedLinearCrossEntropyFunction has no entropy output")
+    from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction as F
+
+    return (lambda: F.apply(h, w, t, None, None, -100, 0.0, 0.0, "none")[0]), \
+        note + "Triton LigerFusedLinearCrossEntropyFunction, reduction=none"
+
+
+def make_logprob(h, w, t, g, g2=None, entropy=False, names=LOGPROB, trl_chunk=None, backend="auto", grad=True):
+    """Closures for per-token log-probs (and entropy): {name: fn}, {name: why missing}.
+    grad: each fn returns the gradients of sum(logp * g) (+ sum(entropy * g2)) w.r.t. hidden and
+    weight (fwd+bwd); False: the forward alone under no_grad, fn returning (logp, entropy or None)."""
     import oar_kernels as oar
 
     fns, missing = {}, {}
 
     def finish(lp, ent):
+        if not grad:
+            return lp, ent
         loss = (lp.float() * g).sum()
         if entropy:
             loss = loss + (ent.float() * g2).sum()
         return torch.autograd.grad(loss, (h, w))
 
-    if "oar" in names:
-        def run_oar():
-            out = oar.fused_linear_logprob(h, w, t, return_entropy=entropy, backend=backend)
-            return finish(*(out if entropy else (out, None)))
-        fns["oar"] = run_oar
+    for name in names:
+        if name.split(":")[0] == "oar":
+            def run_oar(mode=name.partition(":")[2] or None):
+                out = oar.fused_linear_logprob(h, w, t, return_entropy=entropy, backend=backend, forward_mode=mode)
+                return finish(*(out if entropy else (out, None)))
+            fns[name] = run_oar
     if "trl" in names:
         try:
             from trl.kernels.chunked_logprob import ChunkedLogProbFunction
@@ -72,17 +123,20 @@ def make_logprob(h, w, t, g, g2=None, entropy=False, names=LOGPROB, trl_chunk=No
             fns["trl"] = run_trl
         except Exception as e:  # noqa: BLE001
             missing["trl"] = f"{type(e).__name__}: {e}"[:120]
-    if "liger" in names:
+    for name in names:
+        if name.split(":")[0] != "liger":
+            continue
         try:
-            from liger_kernel.ops.fused_linear_scaled_cross_entropy import LigerFusedLinearScaledCrossEntropyFunction as L
+            fn, note = liger_logprob(h, w, t, entropy, name.partition(":")[2] or "auto")
 
-            def run_liger():
-                res = L.apply(h, w, t, 1.0, -100, 1, entropy)
+            def run_liger(fn=fn):
+                res = fn()
                 nll, ent = (res if entropy else (res, None))
                 return finish(-nll, ent)
-            fns["liger"] = run_liger
+            run_liger.note = note
+            fns[name] = run_liger
         except Exception as e:  # noqa: BLE001
-            missing["liger"] = f"{type(e).__name__}: {e}"[:120]
+            missing[name] = f"{type(e).__name__}: {e}"[:120]
     if "cce" in names:
         if entropy:
             missing["cce"] = "no entropy output"
@@ -97,7 +151,7 @@ def make_logprob(h, w, t, g, g2=None, entropy=False, names=LOGPROB, trl_chunk=No
                     return finish(-nll, None)
                 fns["cce"] = run_cce
             except Exception as e:  # noqa: BLE001
-                missing["cce"] = f"not installed ({type(e).__name__})"
+                missing["cce"] = f"{type(e).__name__}: {e}"[:120]
     if "eager" in names:
         fns["eager"] = lambda: finish(*_eager_logprob(h, w, t, entropy))
     if "compiled" in names:
@@ -106,6 +160,8 @@ def make_logprob(h, w, t, g, g2=None, entropy=False, names=LOGPROB, trl_chunk=No
             fns["compiled"] = lambda: finish(*comp(h, w, t, entropy))
         except Exception as e:  # noqa: BLE001
             missing["compiled"] = f"{type(e).__name__}: {e}"[:120]
+    if not grad:
+        fns = {k: torch.no_grad()(fn) for k, fn in fns.items()}
     return fns, missing
 
 

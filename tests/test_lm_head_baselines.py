@@ -16,19 +16,27 @@ def _close(got, want):
         torch.testing.assert_close(a, b, atol=2e-5 * max(1.0, b.abs().max().item()), rtol=1e-4)
 
 
+@pytest.mark.parametrize("grad", [True, False])
 @pytest.mark.parametrize("entropy", [False, True])
-def test_logprob_baselines_agree(entropy):
+def test_logprob_baselines_agree(entropy, grad):
+    """Every path, fwd+bwd and forward only: our two forward modes (the Triton backend, here in
+    the interpreter), and each of liger's paths (the Triton one has no entropy: missing)."""
     N, D, V = 24, 16, 97
     h = torch.randn(N, D).requires_grad_(True)
     w = (torch.randn(V, D) / 2).requires_grad_(True)
     t = torch.randint(0, V, (N,))
     g, g2 = torch.randn(N), torch.randn(N)
-    names = ("oar", "trl", "liger", "eager")
-    fns, missing = lb.make_logprob(h, w, t, g, g2, entropy=entropy, names=names)
+    liger = ("liger", "liger:scaled", "liger:triton", "liger:fallback") if lb._importable("liger_kernel") else ()
+    names = ("oar", "oar:fused", "oar:chunked", "trl", "eager") + liger
+    fns, missing = lb.make_logprob(h, w, t, g, g2, entropy=entropy, names=names, backend="triton", grad=grad)
     assert set(fns) | set(missing) == set(names)
+    if liger:
+        assert ("liger:triton" in missing) == entropy
+        assert entropy or "Triton" in fns["liger:triton"].note
     want = fns["eager"]()
     for name, fn in fns.items():
-        _close(fn(), want)
+        got = fn()
+        _close([x for x in got if x is not None], [x for x in want if x is not None])
 
 
 def test_grpo_baselines_agree():

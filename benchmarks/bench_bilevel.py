@@ -112,15 +112,23 @@ def _row(op, shape, metric, value, target, ok):
     return {"op": op, "shape": shape, "metric": metric, "value": value, "target": target, "ok": bool(ok)}
 
 
-def gpu_rows(device, batch: int = 256, seq: int = 2048, long_shape=(64, 32768), repeats: int = 20) -> list[dict]:
+def gpu_rows(device, batch: int = 256, seq: int = 2048, long_shape=(64, 32768), repeats: int = 20,
+             emit=None, budget_s: float = float("inf")) -> list[dict]:
     """Rows for benchmarks/gpu_check.py. Each measurement is guarded: a failure becomes a row
-    with ok=False and the error in `metric`, never an exception.
+    with ok=False and the error in `metric`, never an exception. emit(row) is called with each
+    row as it is made; past budget_s seconds the measurements left are skipped (a row says so).
 
     - bilevel_reshape (Triton) speed-up over the numpy loop at [batch, seq], target >= 100x;
     - max |Triton - torch reference| on the device at [batch, seq] and at long_shape (the
       blocked path for long rows), target <= 1e-5.
     """
-    rows = []
+    rows, end = [], time.monotonic() + budget_s
+
+    def add(row):
+        rows.append(row)
+        if emit:
+            emit(row)
+
     shape = f"[{batch}, {seq}]"
     try:
         scores, mask = make_inputs(batch, seq, device=device)
@@ -128,12 +136,15 @@ def gpu_rows(device, batch: int = 256, seq: int = 2048, long_shape=(64, 32768), 
         t_np = time_call(lambda: numpy_loop(s_np, m_np, **PARAMS), repeats=3, warmup=1)
         t_tr = time_call(lambda: oar.bilevel_reshape(scores, mask, backend="triton", **PARAMS), device, repeats)
         ratio = t_np / t_tr
-        rows.append(_row("bilevel_reshape", shape, f"speed-up vs numpy loop (triton {t_tr * 1e6:.0f} us, numpy {t_np * 1e3:.1f} ms)",
-                         ratio, f">= {GPU_TARGET:g}", ratio >= GPU_TARGET))
+        add(_row("bilevel_reshape", shape, f"speed-up vs numpy loop (triton {t_tr * 1e6:.0f} us, numpy {t_np * 1e3:.1f} ms)",
+                 ratio, f">= {GPU_TARGET:g}", ratio >= GPU_TARGET))
     except Exception as e:  # noqa: BLE001 - a benchmark row, not a crash
-        rows.append(_row("bilevel_reshape", shape, f"speed-up vs numpy loop (error: {e!r})", None, f">= {GPU_TARGET:g}", False))
+        add(_row("bilevel_reshape", shape, f"speed-up vs numpy loop (error: {e!r})", None, f">= {GPU_TARGET:g}", False))
     for b, t in ((batch, seq), tuple(long_shape)):
         shp = f"[{b}, {t}]"
+        if time.monotonic() > end:
+            add(_row("bilevel_reshape", shp, "max |triton - reference|: skipped (time budget spent)", None, "", False))
+            continue
         try:
             scores, mask = make_inputs(b, t, seed=1, device=device)
             for tau, stl in ((0.25, True), (1.0, False)):
@@ -142,9 +153,9 @@ def gpu_rows(device, batch: int = 256, seq: int = 2048, long_shape=(64, 32768), 
                 ref = bilevel_reshape_reference(scores, mask, **kw)
                 err = float((w - ref).abs().max())
                 ok = err <= 1e-5 and bool(torch.isfinite(w).all())
-                rows.append(_row("bilevel_reshape", shp, f"max |triton - reference| (tau={tau}, sum_to_len={stl})", err, "<= 1e-05", ok))
+                add(_row("bilevel_reshape", shp, f"max |triton - reference| (tau={tau}, sum_to_len={stl})", err, "<= 1e-05", ok))
         except Exception as e:  # noqa: BLE001
-            rows.append(_row("bilevel_reshape", shp, f"max |triton - reference| (error: {e!r})", None, "<= 1e-05", False))
+            add(_row("bilevel_reshape", shp, f"max |triton - reference| (error: {e!r})", None, "<= 1e-05", False))
     return rows
 
 

@@ -454,15 +454,27 @@ QWEN_05B = dict(arch="qwen2", hidden=896, layers=24, heads=14, kv_heads=2, inter
 
 
 def gpu_rows(device, prompt=512, reasoning=2048, conclude=12, answer=4, responses=4, naive_forwards=32,
-             budget=16384, repeats=3, model_kwargs=None) -> list[dict]:
+             budget=16384, repeats=3, model_kwargs=None, emit=None, budget_s=float("inf")) -> list[dict]:
     """Rows for benchmarks/gpu_check.py on a Qwen2-0.5B-shaped model from a config (bf16).
 
     OAR-P prefix reuse vs the naive oracle (extrapolated from `naive_forwards` forwards of the
     real shape) and vs the plain batched path (one response, times `responses`); peak extra
     CUDA memory of OAR-P vs one forward of `budget` tokens; OAR-G step vs GRPO step.
-    Failures become rows with ok=False, never exceptions.
+    Failures become rows with ok=False, never exceptions. emit(row) is called with each row as
+    it is made; past budget_s seconds the measurements left are skipped (a row says so).
     """
-    rows = []
+    rows, end = [], time.monotonic() + budget_s
+
+    def add(row):
+        rows.append(row)
+        if emit:
+            emit(row)
+
+    def spent(op, what):
+        if time.monotonic() > end:
+            add(_row(op, shp, f"{what}: skipped (time budget spent)", None, "", False))
+        return time.monotonic() > end
+
     shp = f"B={responses} P={prompt} R={reasoning} C+A={conclude + answer}"
     try:
         mk = dict(QWEN_05B if model_kwargs is None else model_kwargs)
@@ -471,30 +483,35 @@ def gpu_rows(device, prompt=512, reasoning=2048, conclude=12, answer=4, response
         vocab = mk["vocab"]
         segs = make_segments(responses, prompt, reasoning, conclude, answer, vocab)
     except Exception as e:  # noqa: BLE001
-        return [_row("importance", shp, f"model build failed: {e!r}", None, "", False)]
+        add(_row("importance", shp, f"model build failed: {e!r}", None, "", False))
+        return rows
     try:
-        t_ours, mem_ours, _ = peak_extra_memory(lambda: oar.perturbation_importance(model, segs, "last", max_batch_tokens=budget), device)
-        probe = probe_segment(segs[0], naive_forwards)
-        t_probe, mem_naive, _ = peak_extra_memory(lambda: perturbation_importance_naive(model, [probe], "last"), device)
-        t_naive = t_probe / (naive_forwards + 1) * responses * (reasoning + 1)  # same-shape forwards
-        rows.append(_row("perturbation_importance", shp, f"speed-up vs naive, last ({nparams / 1e6:.0f}M params; ours {t_ours:.1f} s, naive {t_naive:.0f} s extrapolated)",
-                         t_naive / t_ours, f">= {P_TARGET}", t_naive / t_ours >= P_TARGET))
-        t_pp, _, _ = peak_extra_memory(lambda: oar.perturbation_importance(model, [probe], "last", max_batch_tokens=budget, prefix_reuse=False), device)
-        t_plain = t_pp / (naive_forwards + 1) * responses * (reasoning + 1)
-        rows.append(_row("perturbation_importance", shp, f"speed-up vs plain batched path (prefix_reuse=False, {t_plain:.0f} s extrapolated)", t_plain / t_ours, "", True))
-        ids = torch.randint(3, vocab, (max(1, budget // (prompt + reasoning + conclude + answer)), prompt + reasoning + conclude + answer), device=device)
-        with torch.no_grad():
-            _, mem_budget, _ = peak_extra_memory(lambda: model.get_decoder()(input_ids=ids).last_hidden_state.sum(), device)
-        rows.append(_row("perturbation_importance", shp, f"peak extra memory / one {budget}-token forward ({mem_ours / 2**20:.0f} vs {mem_budget / 2**20:.0f} MiB; naive {mem_naive / 2**20:.0f} MiB)",
-                         mem_ours / max(mem_budget, 1), "<= 2", mem_ours <= 2 * mem_budget))
+        if not spent("perturbation_importance", "speed-up vs naive"):
+            t_ours, mem_ours, _ = peak_extra_memory(lambda: oar.perturbation_importance(model, segs, "last", max_batch_tokens=budget), device)
+            probe = probe_segment(segs[0], naive_forwards)
+            t_probe, mem_naive, _ = peak_extra_memory(lambda: perturbation_importance_naive(model, [probe], "last"), device)
+            t_naive = t_probe / (naive_forwards + 1) * responses * (reasoning + 1)  # same-shape forwards
+            add(_row("perturbation_importance", shp, f"speed-up vs naive, last ({nparams / 1e6:.0f}M params; ours {t_ours:.1f} s, naive {t_naive:.0f} s extrapolated)",
+                     t_naive / t_ours, f">= {P_TARGET}", t_naive / t_ours >= P_TARGET))
+        if not spent("perturbation_importance", "speed-up vs plain batched path"):
+            t_pp, _, _ = peak_extra_memory(lambda: oar.perturbation_importance(model, [probe], "last", max_batch_tokens=budget, prefix_reuse=False), device)
+            t_plain = t_pp / (naive_forwards + 1) * responses * (reasoning + 1)
+            add(_row("perturbation_importance", shp, f"speed-up vs plain batched path (prefix_reuse=False, {t_plain:.0f} s extrapolated)", t_plain / t_ours, "", True))
+        if not spent("perturbation_importance", "peak extra memory"):
+            ids = torch.randint(3, vocab, (max(1, budget // (prompt + reasoning + conclude + answer)), prompt + reasoning + conclude + answer), device=device)
+            with torch.no_grad():
+                _, mem_budget, _ = peak_extra_memory(lambda: model.get_decoder()(input_ids=ids).last_hidden_state.sum(), device)
+            add(_row("perturbation_importance", shp, f"peak extra memory / one {budget}-token forward ({mem_ours / 2**20:.0f} vs {mem_budget / 2**20:.0f} MiB; naive {mem_naive / 2**20:.0f} MiB)",
+                     mem_ours / max(mem_budget, 1), "<= 2", mem_ours <= 2 * mem_budget))
     except Exception as e:  # noqa: BLE001
-        rows.append(_row("perturbation_importance", shp, f"error: {e!r}", None, "", False))
+        add(_row("perturbation_importance", shp, f"error: {e!r}", None, "", False))
     try:
-        for name, t, r, target in step_rows(model, segs, device, repeats, modes=("answer_mean", "answer_joint", "last"), three_pass=False, floor=True):
-            if r is not None:
-                rows.append(_row("OARGStep", shp, f"{name} / GRPO step ({t * 1e3:.0f} ms)", r, f"<= {target}" if target else "", (r <= target) if target else True))
+        if not spent("OARGStep", "OAR-G step vs GRPO step"):
+            for name, t, r, target in step_rows(model, segs, device, repeats, modes=("answer_mean", "answer_joint", "last"), three_pass=False, floor=True):
+                if r is not None:
+                    add(_row("OARGStep", shp, f"{name} / GRPO step ({t * 1e3:.0f} ms)", r, f"<= {target}" if target else "", (r <= target) if target else True))
     except Exception as e:  # noqa: BLE001
-        rows.append(_row("OARGStep", shp, f"error: {e!r}", None, "", False))
+        add(_row("OARGStep", shp, f"error: {e!r}", None, "", False))
     return rows
 
 

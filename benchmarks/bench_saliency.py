@@ -13,6 +13,7 @@ and the kernel's results against the float64 reference.
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 
@@ -71,19 +72,31 @@ def _row(op, shape, metric, value, target, ok):
     return {"op": op, "shape": shape, "metric": metric, "value": value, "target": target, "ok": bool(ok)}
 
 
-def gpu_rows(device, shape=(8, 1024, 4096), dtype=torch.bfloat16, repeats: int = 20, hidden_mult: int = 4) -> list[dict]:
-    """Rows for benchmarks/gpu_check.py; failures become rows with ok=False, not exceptions."""
-    rows = []
+def gpu_rows(device, shape=(8, 1024, 4096), dtype=torch.bfloat16, repeats: int = 20, hidden_mult: int = 4,
+             emit=None, budget_s: float = float("inf")) -> list[dict]:
+    """Rows for benchmarks/gpu_check.py; failures become rows with ok=False, not exceptions.
+    emit(row) is called with each row as it is made; past budget_s seconds the measurements
+    left are skipped (a row says so)."""
+    rows, end = [], time.monotonic() + budget_s
+
+    def add(row):
+        rows.append(row)
+        if emit:
+            emit(row)
+
     b, t, d = shape
     shp = f"[{b}, {t}, {d}] {str(dtype).replace('torch.', '')}"
     try:
         t0, t1, probe = backward_times(b, t, d, device, dtype, repeats, hidden_mult)
         ratio = t1 / t0
-        rows.append(_row("saliency_probe", shp,
-                         f"backward with probe / without ({hidden_mult}x MLP block; {t1 * 1e3:.2f} vs {t0 * 1e3:.2f} ms)",
-                         ratio, f"<= {OVERHEAD_TARGET}", ratio <= OVERHEAD_TARGET))
+        add(_row("saliency_probe", shp,
+                 f"backward with probe / without ({hidden_mult}x MLP block; {t1 * 1e3:.2f} vs {t0 * 1e3:.2f} ms)",
+                 ratio, f"<= {OVERHEAD_TARGET}", ratio <= OVERHEAD_TARGET))
     except Exception as e:  # noqa: BLE001 - a benchmark row, not a crash
-        rows.append(_row("saliency_probe", shp, f"backward with probe / without (error: {e!r})", None, f"<= {OVERHEAD_TARGET}", False))
+        add(_row("saliency_probe", shp, f"backward with probe / without (error: {e!r})", None, f"<= {OVERHEAD_TARGET}", False))
+    if time.monotonic() > end:
+        add(_row("saliency_probe", shp, "probe kernel: skipped (time budget spent)", None, "", False))
+        return rows
     try:
         from oar_kernels.kernels.saliency import saliency_reduce_triton
 
@@ -96,14 +109,14 @@ def gpu_rows(device, shape=(8, 1024, 4096), dtype=torch.bfloat16, repeats: int =
         t_dot = time_call(lambda: torch.linalg.vecdot(gr, x, dim=-1), device, repeats)
         ratio = t_k / t_dot
         gbps = 2 * x.numel() * x.element_size() / t_k / 1e9
-        rows.append(_row("saliency_probe", shp, f"probe kernel / torch vecdot, same bytes read ({t_k * 1e6:.0f} us, {gbps:.0f} GB/s)",
-                         ratio, f"<= {KERNEL_TARGET}", ratio <= KERNEL_TARGET))
+        add(_row("saliency_probe", shp, f"probe kernel / torch vecdot, same bytes read ({t_k * 1e6:.0f} us, {gbps:.0f} GB/s)",
+                 ratio, f"<= {KERNEL_TARGET}", ratio <= KERNEL_TARGET))
         ref = saliency_reference(gr, x)
         # |<g, x>| cancels, so errors are scaled by each output's largest value
         err = max(float((o - r).abs().max() / r.abs().max().clamp_min(1e-30)) for o, r in zip((o1, o2), ref))
-        rows.append(_row("saliency_probe", shp, "max |kernel - float64 reference| / max |reference|", err, "<= 1e-05", err <= 1e-5))
+        add(_row("saliency_probe", shp, "max |kernel - float64 reference| / max |reference|", err, "<= 1e-05", err <= 1e-5))
     except Exception as e:  # noqa: BLE001
-        rows.append(_row("saliency_probe", shp, f"probe kernel (error: {e!r})", None, f"<= {KERNEL_TARGET}", False))
+        add(_row("saliency_probe", shp, f"probe kernel (error: {e!r})", None, f"<= {KERNEL_TARGET}", False))
     return rows
 
 

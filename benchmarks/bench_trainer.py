@@ -81,9 +81,9 @@ def _child(which: str, steps: int, threads: int, hidden: int, layers: int, gens:
     return {"step_s": statistics.median(kept), "steps": len(times), "first_s": times[0] if times else None}
 
 
-def _spawn(which, **kw) -> dict:
+def _spawn(which, timeout=None, **kw) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", which] + [f"--{k.replace('_', '-')}={v}" for k, v in kw.items()]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         raise RuntimeError(f"{which}: {(r.stderr.strip().splitlines() or ['?'])[-1][:300]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -101,21 +101,44 @@ def compare(steps=6, threads=1, hidden=64, layers=2, gens=4, prompts=2, completi
     return out
 
 
-def gpu_rows(device, steps=5) -> list:
-    """OARGRPOTrainer vs GRPOTrainer per step on the GPU (hidden 512, 8 layers, 8 x 4 completions
-    of up to 128 tokens): one row per trainer and the ratios."""
-    rows = []
-    try:
-        res = compare(steps=steps, threads=4, hidden=512, layers=8, gens=8, prompts=4, completion=128,
-                      device="cuda", log=lambda m: None)
-        base = res["GRPOTrainer"]
-        for name, sec in res.items():
-            rows.append({"op": "trainer step", "shape": "Llama 512x8, 32 completions <= 128 tokens",
-                         "metric": f"{name}: {sec:.3f} s per step, {sec / base:.2f}x GRPOTrainer",
-                         "value": sec / base, "target": "info", "ok": True, "kind": "bench"})
-    except Exception as e:  # noqa: BLE001
-        rows.append({"op": "trainer step", "shape": "-", "metric": f"error: {e}"[:200], "value": None,
-                     "target": "", "ok": False, "kind": "bench"})
+def gpu_rows(device, steps=5, hidden=512, layers=8, gens=8, prompts=4, completion=128, threads=4,
+             emit=None, budget_s=float("inf")) -> list:
+    """OARGRPOTrainer vs GRPOTrainer per step on the GPU (default: hidden 512, 8 layers, 8 x 4
+    completions of up to 128 tokens): one row per trainer with its ratio to GRPOTrainer.
+    emit(row) is called with each row as it is made; each trainer's subprocess is killed past
+    what is left of budget_s seconds. Without TRL or datasets the rows say they are missing."""
+    rows, end = [], time.monotonic() + budget_s
+    shape = f"Llama {hidden}x{layers}, {gens * prompts} completions <= {completion} tokens"
+
+    def add(metric, value=None, ok=True, kind="bench"):
+        rows.append({"op": "trainer step", "shape": shape, "metric": metric, "value": value,
+                     "target": "info" if value is not None else "", "ok": ok, "kind": kind})
+        if emit:
+            emit(rows[-1])
+
+    try:  # what the children need beyond this project
+        import datasets  # noqa: F401
+        import trl  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - absent, or one of their own requirements is
+        add(f"missing ({type(e).__name__}: {e})"[:200], kind="missing")
+        return rows
+    kw = dict(steps=steps, threads=threads, hidden=hidden, layers=layers, gens=gens, prompts=prompts,
+              completion=completion, device=str(device).split(":")[0])
+    base = None
+    for which in TRAINERS:
+        left = end - time.monotonic()
+        if left <= 5:
+            add(f"{which}: skipped (time budget spent)", ok=False, kind="skip")
+            continue
+        try:
+            sec = _spawn(which, timeout=None if left == float("inf") else left, **kw)["step_s"]
+            base = base or (sec if which == "GRPOTrainer" else None)
+            add(f"{which}: {sec:.3f} s per step" + (f", {sec / base:.2f}x GRPOTrainer" if base else ""),
+                sec / base if base else sec)
+        except subprocess.TimeoutExpired as e:
+            add(f"{which}: killed after {e.timeout:.0f} s (time budget)", ok=False, kind="skip")
+        except Exception as e:  # noqa: BLE001
+            add(f"{which}: error: {e}"[:200], ok=False)
     return rows
 
 

@@ -511,14 +511,25 @@ def format_table(res: Dict, fmt: str = "md") -> str:
 # ------------------------------------------------------------------------------------ GPU rows
 
 def gpu_rows(device, prompts=64, num_generations=8, max_completion_length=256, steps=3, model_path=None,
-             synthetic="qwen2-0.5b", synthetic_prompts=16, naive_budget=30.0) -> list:
+             synthetic="qwen2-0.5b", synthetic_prompts=16, naive_budget=30.0, emit=None, budget_s=float("inf"),
+             large_s=120.0) -> list:
     """Rows (op, shape, metric, value, target, ok) for benchmarks/gpu_check.py: the full RL step
     on `device` for the trainer's default policy; for a realistic size, a `synthetic`-shaped
     model (random weights, bf16, synthetic answer spans: every response scored) at
     max_completion_length; and, when $OAR_BENCH_SMOLLM2 (or model_path) names a local
-    transformers folder, for that model. Failures become rows with ok=False."""
+    transformers folder, for that model. Failures become rows with ok=False. emit(row) is
+    called with each row as it is made. Of budget_s seconds, a model is not started once they
+    are spent, nor a model other than the default one with less than large_s left (a guess at
+    what the synthetic Qwen2-0.5B needs on one H100 / H200, not a measurement); a row says so. The naive OAR-P oracle gets at
+    most a tenth of the time left."""
     device = torch.device(device)
-    rows = []
+    rows, end = [], time.monotonic() + budget_s
+
+    def add(row):
+        rows.append(row)
+        if emit:
+            emit(row)
+
     targets = [("default", 48, None)]
     if synthetic:
         targets.append((synthetic, max_completion_length, "synthetic"))
@@ -528,12 +539,17 @@ def gpu_rows(device, prompts=64, num_generations=8, max_completion_length=256, s
     for name, C, kind in targets:
         P = synthetic_prompts if kind else prompts
         shp = f"{os.path.basename(str(name).rstrip('/'))} P={P} G={num_generations} C={C}"
+        left = end - time.monotonic()
+        if left <= (large_s if name != "default" else 0):
+            add({"op": "rl_step", "shape": shp, "metric": f"skipped ({left:.0f} s of the time budget left)", "value": None,
+                 "target": "", "ok": False})
+            continue
         try:
             if kind:
                 model, tok, _ = synthetic_model(name, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
             else:
                 model, tok, _ = load_model(name, device, log=lambda *a, **k: None)
-            res = run(model, tok, P, num_generations, C, steps=steps, warmup=1, naive_budget=naive_budget,
+            res = run(model, tok, P, num_generations, C, steps=steps, warmup=1, naive_budget=min(naive_budget, left / 10),
                       device=device, log=lambda *a, **k: None, synthetic=bool(kind))
             by = {r["algo"]: r for r in table_rows(res)}
             for algo in ("oar-g", "oar-g 1fwd", "oar-g bound", "oar-p"):
@@ -542,22 +558,22 @@ def gpu_rows(device, prompts=64, num_generations=8, max_completion_length=256, s
                 r = by[algo]
                 target = f"<= {TARGET_OARG}" if algo in ("oar-g", "oar-g 1fwd") else ""
                 ok = r["x grpo"] <= TARGET_OARG if target else True
-                rows.append({"op": "rl_step", "shape": shp,
-                             "metric": f"{algo} / grpo full step ({r['s/step']:.3f} s vs {by['grpo']['s/step']:.3f} s, "
-                                       f"importance {r['importance %']:.0f}%)",
-                             "value": r["x grpo"], "target": target, "ok": ok})
+                add({"op": "rl_step", "shape": shp,
+                     "metric": f"{algo} / grpo full step ({r['s/step']:.3f} s vs {by['grpo']['s/step']:.3f} s, "
+                               f"importance {r['importance %']:.0f}%)",
+                     "value": r["x grpo"], "target": target, "ok": ok})
             o = res.get("oarp", {})
             if "reuse" in o:
-                rows.append({"op": "rl_step", "shape": shp,
-                             "metric": f"OAR-P prefix_reuse speed-up vs prefix_reuse=False ({o['reuse']:.3f} s vs {o['plain']:.3f} s)",
-                             "value": o["plain"] / o["reuse"], "target": "", "ok": True})
-                rows.append({"op": "rl_step", "shape": shp,
-                             "metric": f"OAR-P prefix_reuse speed-up vs naive ({o['naive_measured']})",
-                             "value": o["naive"] / o["reuse"], "target": "", "ok": True})
+                add({"op": "rl_step", "shape": shp,
+                     "metric": f"OAR-P prefix_reuse speed-up vs prefix_reuse=False ({o['reuse']:.3f} s vs {o['plain']:.3f} s)",
+                     "value": o["plain"] / o["reuse"], "target": "", "ok": True})
+                add({"op": "rl_step", "shape": shp,
+                     "metric": f"OAR-P prefix_reuse speed-up vs naive ({o['naive_measured']})",
+                     "value": o["naive"] / o["reuse"], "target": "", "ok": True})
             del model
         except Exception as e:  # noqa: BLE001
-            rows.append({"op": "rl_step", "shape": shp, "metric": f"error: {type(e).__name__}: {e}"[:200],
-                         "value": None, "target": "", "ok": False})
+            add({"op": "rl_step", "shape": shp, "metric": f"error: {type(e).__name__}: {e}"[:200],
+                 "value": None, "target": "", "ok": False})
     return rows
 
 

@@ -1,57 +1,153 @@
-"""One command for a GPU machine: correctness spot checks of the fused ops and the GPU benchmarks.
+"""One command for a GPU machine lent for minutes: the most valuable rows first, each on disk as it comes.
 
-    python benchmarks/gpu_check.py --out gpu_check.md
-    python benchmarks/gpu_check.py --dry-run-cpu        # every code path, tiny sizes, on CPU
+    bash scripts/gpu_carry.sh                     # here, once: the baselines' wheels into .whl/ (git-ignored)
+    timeout 480 python3 benchmarks/gpu_check.py --out gpu_check.md    # there, .whl/ carried along
+    python benchmarks/gpu_check.py --dry-run-cpu --out /tmp/gc.md     # every code path, tiny sizes, on CPU
 
-0. The kernel test-suite compiled on the GPU: `pytest --gpu -m kernels tests/` (tests/conftest.py),
-   before anything else (a dry run only collects it).
-1. Spot checks on the device (small, non-power-of-two shapes, fp32 and bf16):
-   fused_linear_logprob (+ entropy, temperature, bias, split vocabulary) against
-   oar.reference.linear_logprob_reference; fused_linear_grpo_loss against oar.grpo_loss on
-   reference log-probs (each loss_type, OAR weights) and against liger's
-   LigerFusedLinearGRPOLoss (uniform weights).
-2. Side by side, fwd+bwd, bf16, at N=16384 D=2048 V=151936 and at liger's published Hopper
-   shape M=8192 H=4096 V=131072: fused_linear_logprob (with and without entropy) and
-   fused_linear_grpo_loss against every baseline of benchmarks/lm_head_baselines.py (TRL's
-   ChunkedLogProbFunction, liger's LigerFusedLinearScaledCrossEntropyFunction and its
-   LigerFusedLinearGRPOLoss compiled, Cut Cross-Entropy exact where installed, eager and
-   torch.compile'd eager): time (CUDA events, median), peak memory above the inputs, achieved
-   TFLOP/s of the useful LM-head GEMMs (3 x 2NDV) against the measured rate of one bf16 GEMM of
-   the same shape. A baseline that cannot be had is a "missing" row, not a failure.
-3. The fused forward kernel's candidate configurations (num_warps 4 / 8; tf32x3 and tf32 for
-   fp32 inputs) timed, forward only, so kernels/linear_logprob.py's FWD_CONFIG can be chosen.
-4. Rows of gpu_rows(device) from benchmarks/bench_bilevel.py, bench_saliency.py,
-   bench_importance.py, rl_step.py (the full RL step, OAR vs GRPO) and bench_trainer.py
-   (OARGRPOTrainer vs TRL's GRPOTrainer per step) when those modules exist.
+Sections in order of value, each with its own budget in seconds (SECTIONS; the run's --budget-s,
+default 400, caps them all, so the default run ends within 7 minutes and a rerun fits 15):
 
-Sized for one H100/H200 in under 8 minutes (--budget-s 450: later rows are skipped, and said
-so, past it). Every row is printed as it comes and --out is rewritten after each, so a run
-cut short still leaves its table.
-Prints one table and writes it as markdown to --out. Without a GPU it says so and exits 0.
-Exit status 1 when a correctness check fails (missed speed/memory targets do not change it).
+  preflight    (-) device, compute capability, SMs, free memory, torch / Triton / CUDA versions,
+               the C compiler and Python.h Triton needs to build its launcher, the wheels
+               installed from .whl/, which optional baselines import (liger_kernel, trl,
+               cut_cross_entropy) or why not.
+  published    (60) liger's published Hopper shape M=8192 H=4096 V=131072 bf16, our ops against
+               eager: fused_linear_logprob with forward_mode "fused" and "chunked", forward only
+               and fwd+bwd, and fused_linear_grpo_loss: time, peak memory, TFLOP/s against the
+               measured GEMM rate; the modes' log-probs checked against each other and eager;
+               traffic_model's bytes and FLOPs of each pass next to its measured time.
+  spot checks  (30) the ops against the references at small awkward shapes, fp32 and bf16.
+  kernel tests (150) `pytest --gpu -m kernels tests/` (tests/conftest.py) in a subprocess, its
+               lines streamed; a dry run only collects.
+  baselines    (90) the other shape N=16384 D=2048 V=151936 and the other baselines at both
+               shapes (lm_head_baselines.py: TRL, liger, Cut Cross-Entropy, torch.compile'd
+               eager), what compiles last; then a row per group: our best over the fastest. On
+               sm_90 without cutlass, liger is its Triton path (the row says which; see
+               lm_head_baselines.liger_logprob).
+  fwd configs  (20) each distinct candidate configuration of the fused forward kernel.
+  foreign      (the rest) gpu_rows of bench_bilevel, bench_saliency, bench_importance, rl_step
+               and bench_trainer, each with its own budget (FOREIGN), rows streamed as they come.
+
+Every row is printed and flushed as it comes and --out rewritten after each; SIGTERM (timeout)
+ends the run like Ctrl-C, with the table written. Exit status 1 only when one of our own
+correctness checks fails (spot checks, kernel tests, the published shape's agreement, our op
+raising); a baseline absent or failing for a reason outside this project is a "missing: why"
+row, a missed speed target a NO. Without a GPU (and without --dry-run-cpu) it says so, exit 0.
 """
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
+import glob
+import importlib
+import importlib.metadata
 import importlib.util
 import math
 import os
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
+import sysconfig
+import tempfile
+import threading
 import time
 import traceback
+from dataclasses import dataclass, field
+from typing import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+# (B, T, D, V): liger's published Hopper shape (M = B*T = 8192, H = 4096, V = 131072), and a
+# Qwen2.5-size vocabulary at N=16384 D=2048; a dry run maps each to a tiny one.
+PUBLISHED = (8, 1024, 4096, 131072)
+QWEN = (16, 1024, 2048, 151936)
+DRY_SHAPES = {PUBLISHED: (2, 16, 32, 500), QWEN: (2, 12, 16, 300)}
+OURS = ("oar:fused", "oar:chunked")  # fused_linear_logprob's two forward modes
+OPTIONAL = ("liger_kernel", "trl", "cut_cross_entropy")
 
 
-def _row(op, shape, metric, value, target, ok, kind="check"):
+def _row(op, shape, metric, value=None, target="", ok=True, kind="info"):
     return {"op": op, "shape": shape, "metric": metric, "value": value, "target": target, "ok": bool(ok), "kind": kind}
 
 
+def _why(exc) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+
+
 def _err_row(op, shape, metric, exc, kind="check"):
-    msg = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
-    return _row(op, shape, f"{metric} (error: {msg})", None, "", False, kind)
+    return _row(op, shape, f"{metric} (error: {_why(exc)})", None, "", False, kind)
+
+
+def _missing_row(op, shape, name, why):
+    return _row(op, shape, f"{name}: missing ({why})", None, "", True, "missing")
+
+
+@dataclass
+class Budget:
+    """A deadline: the whole run's, or a section's (its own seconds, never past its parent's)."""
+
+    seconds: float
+    parent: "Budget | None" = None
+
+    def __post_init__(self):
+        self.end = time.monotonic() + self.seconds
+        if self.parent is not None:
+            self.end = min(self.end, self.parent.end)
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+
+@dataclass
+class Ctx:
+    """What every section needs."""
+
+    device: object
+    dry: bool
+    repeats: int
+    emit: Callable[[dict], None]
+    store: dict = field(default_factory=dict)  # (op, shape label) -> {name: (seconds, peak bytes)}
+    rates: dict = field(default_factory=dict)  # shape label -> (GEMM FLOP/s, HBM bytes/s)
+
+    def shape(self, s):
+        return DRY_SHAPES[s] if self.dry else s
+
+
+# ----------------------------------------------------------------------------- carried wheels
+
+
+def install_wheels(wheel_dir: str) -> str:
+    """Installs the wheels scripts/gpu_carry.sh put in wheel_dir, offline and without
+    dependencies, into a fresh folder put first on sys.path and on the PYTHONPATH of every
+    subprocess. Wheels not built for this interpreter are left out (one pip call installs all or
+    none). Returns what the preflight row says."""
+    wheels = sorted(glob.glob(os.path.join(wheel_dir, "*.whl"))) if wheel_dir else []
+    if not wheels:
+        return f"none (no wheels in {wheel_dir})" if wheel_dir else "none (--wheels '')"
+    try:
+        from packaging.tags import sys_tags
+        from packaging.utils import parse_wheel_filename
+
+        here = set(sys_tags())
+        fit = [w for w in wheels if parse_wheel_filename(os.path.basename(w))[3] & here]
+    except ImportError:
+        fit = wheels
+    target = tempfile.mkdtemp(prefix="oar_site_")
+    atexit.register(shutil.rmtree, target, True)
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile", "--target", target]
+    r = subprocess.run(cmd + fit, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        return f"pip install of {len(fit)} wheels failed: {(r.stderr.strip().splitlines() or ['?'])[-1][:200]}"
+    sys.path.insert(0, target)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (target, os.environ.get("PYTHONPATH")) if p)
+    names = ", ".join("-".join(os.path.basename(w).split("-")[:2]) for w in fit)
+    skipped = sorted(set(wheels) - set(fit))
+    return f"{len(fit)} installed into {target}: {names}" + (
+        f"; not for this Python: {', '.join(os.path.basename(w) for w in skipped)}" if skipped else "")
 
 
 # ----------------------------------------------------------------------------- measurement
@@ -64,192 +160,6 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_call(fn, device, repeats=5, warmup=1):
-    """Median seconds of fn() (CUDA events on a GPU)."""
-    import torch
-
-    for _ in range(warmup):
-        out = fn()
-        del out
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            out = fn()
-            e.record()
-            torch.cuda.synchronize(device)
-            times.append(s.elapsed_time(e) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            out = fn()
-            times.append(time.perf_counter() - t0)
-        del out
-    return statistics.median(times)
-
-
-def peak_bytes(fn, device):
-    """Peak memory fn() allocates above what is allocated before it (CUDA); None on CPU."""
-    import torch
-
-    if device.type != "cuda":
-        out = fn()
-        del out
-        return None
-    gc.collect()
-    torch.cuda.synchronize(device)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    out = fn()
-    torch.cuda.synchronize(device)
-    peak = torch.cuda.max_memory_allocated(device) - base
-    del out
-    gc.collect()
-    torch.cuda.empty_cache()
-    return peak
-
-
-def _max_rel(a, b):
-    a, b = a.detach().double(), b.detach().double()
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
-
-
-# ----------------------------------------------------------------------------- spot checks
-
-
-def correctness_rows(device, dry: bool):
-    import torch
-
-    import oar_kernels as oar
-    from oar_kernels.ops import fused_linear_logprob as lp_mod
-    from oar_kernels.reference.logprob import linear_logprob_reference
-
-    backend = "triton"  # the kernels, on the GPU or (dry run) in the interpreter
-    rows = []
-    gen = torch.Generator().manual_seed(0)
-    N, D, V = (37, 40, 301) if dry else (300, 192, 1037)
-
-    def make(n, d, v, dtype):
-        h = torch.randn(n, d, generator=gen).to(device, dtype).requires_grad_(True)
-        w = (torch.randn(v, d, generator=gen) * (3 / math.sqrt(d))).to(device, dtype).requires_grad_(True)
-        b = torch.randn(v, generator=gen).to(device, dtype).requires_grad_(True)
-        t = torch.randint(0, v, (n,), generator=gen).to(device)
-        return h, w, b, t
-
-    if device.type == "cuda":
-        try:
-            ok = lp_mod._f32_gemm_ok(device, torch.bfloat16)
-            rows.append(_row("lm_head", "-", "cuBLAS fp32-output GEMM for bf16 (else bf16 product upcast)", int(ok), "info", True, "info"))
-        except Exception as e:  # noqa: BLE001
-            rows.append(_err_row("lm_head", "-", "fp32-output GEMM probe", e))
-
-    # fused_linear_logprob, both Triton forward modes
-    for dtype, tol_f, tol_g in ((torch.float32, 1e-4, 1e-4), (torch.bfloat16, 1e-3, 3e-2)):
-        for mode in ("fused", "chunked"):
-            shp = f"[{N}, {D}] x [{V}, {D}] {str(dtype)[6:]} fwd={mode}"
-            try:
-                lp_mod.TRITON_FORWARD = mode
-                h, w, b, t = make(N, D, V, dtype)
-                lp, ent = oar.fused_linear_logprob(h, w, t, bias=b, temperature=0.7, return_entropy=True, backend=backend)
-                rlp, rent = linear_logprob_reference(h, w, t, bias=b, temperature=0.7, return_entropy=True)
-                fe = max(_max_rel(lp, rlp), _max_rel(ent, rent))
-                rows.append(_row("fused_linear_logprob", shp, "fwd max rel err (logp, entropy)", fe, f"<= {tol_f:g}", fe <= tol_f))
-                g1 = torch.randn(N, generator=gen).to(device)
-                g2 = torch.randn(N, generator=gen).to(device)
-                gs = torch.autograd.grad((lp * g1).sum() + (ent * g2).sum(), (h, w, b))
-                rs = torch.autograd.grad((rlp * g1).sum() + (rent * g2).sum(), (h, w, b))
-                ge = max(_max_rel(x, y) for x, y in zip(gs, rs))
-                rows.append(_row("fused_linear_logprob", shp, "grad max rel err (hidden, weight, bias)", ge, f"<= {tol_g:g}", ge <= tol_g))
-            except Exception as e:  # noqa: BLE001
-                rows.append(_err_row("fused_linear_logprob", shp, "fwd/bwd vs reference", e))
-            finally:
-                lp_mod.TRITON_FORWARD = "fused"
-    # one long row: split vocabulary, big V
-    try:
-        v_big = 5000 if dry else 151936
-        h, w, b, t = make(3, 32, v_big, torch.bfloat16)
-        with torch.no_grad():
-            lp = oar.fused_linear_logprob(h, w, t, bias=b, backend=backend)
-            rlp = linear_logprob_reference(h, w, t, bias=b)
-        err = _max_rel(lp, rlp)
-        rows.append(_row("fused_linear_logprob", f"[3, 32] x [{v_big}, 32] bf16", "fwd max rel err (split vocabulary)", err, "<= 1e-3", err <= 1e-3))
-    except Exception as e:  # noqa: BLE001
-        rows.append(_err_row("fused_linear_logprob", "N=3 big V", "fwd vs reference", e))
-
-    # fused_linear_grpo_loss vs grpo_loss on reference log-probs (OAR weights)
-    B, T = (3, 7) if dry else (6, 50)
-    for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 3e-2)):
-        for loss_type in ("grpo", "bnpo", "dapo", "dr_grpo"):
-            shp = f"[{B}, {T}, {D}] x [{V}, {D}] {str(dtype)[6:]} {loss_type}"
-            try:
-                h, w, b, t = make(B * T, D, V, dtype)
-                h3 = h.detach().view(B, T, D).requires_grad_(True)
-                t2 = t.view(B, T)
-                mask = (torch.rand(B, T, generator=gen) > 0.2).to(device)
-                mask[-1] = False
-                with torch.no_grad():
-                    base = linear_logprob_reference(h3.view(-1, D), w, t, b, 0.9).view(B, T)
-                old = base + 0.2 * torch.randn(B, T, generator=gen).to(device)
-                ref = base + 0.1 * torch.randn(B, T, generator=gen).to(device)
-                adv = torch.randn(B, generator=gen).to(device)
-                wts = (torch.rand(B, T, generator=gen) * 2).to(device)
-                kw = dict(weights=wts, ref_logp=ref, beta=0.04, loss_type=loss_type, max_completion_length=T)
-                loss, m = oar.fused_linear_grpo_loss(h3, w, t2, old, adv, mask, temperature=0.9, bias=b, backend=backend, **kw)
-                rlp = linear_logprob_reference(h3.view(-1, D), w, t, b, 0.9).view(B, T)
-                rl, rm = oar.grpo_loss(rlp, old, adv, mask, **kw)
-                le = abs(loss.item() - rl.item()) / max(abs(rl.item()), 1e-6)
-                me = max(abs(float(m[k]) - float(rm[k])) for k in rm)
-                gs = torch.autograd.grad(loss, (h3, w, b))
-                rs = torch.autograd.grad(rl, (h3, w, b))
-                ge = max(_max_rel(x, y) for x, y in zip(gs, rs))
-                err = max(le, me, ge)
-                rows.append(_row("fused_linear_grpo_loss", shp, "max rel err vs grpo_loss(reference logp): loss, metrics, grads", err, f"<= {tol:g}", err <= tol))
-            except Exception as e:  # noqa: BLE001
-                rows.append(_err_row("fused_linear_grpo_loss", shp, "vs grpo_loss(reference logp)", e))
-
-    # vs liger, uniform weights, fp32
-    try:
-        from liger_kernel.chunked_loss.grpo_loss import LigerFusedLinearGRPOLoss
-
-        for loss_type in ("grpo", "dapo"):
-            shp = f"[{B}, {T}, {D}] x [{V}, {D}] fp32 {loss_type}"
-            try:
-                h, w, b, t = make(B * T, D, V, torch.float32)
-                h3 = h.detach().view(B, T, D).requires_grad_(True)
-                t2 = t.view(B, T)
-                mask = (torch.rand(B, T, generator=gen) > 0.2).to(device)
-                with torch.no_grad():
-                    old = linear_logprob_reference(h3.view(-1, D), w, t, b).view(B, T) + 0.2 * torch.randn(B, T, generator=gen).to(device)
-                adv = torch.randn(B, generator=gen).to(device)
-                liger = LigerFusedLinearGRPOLoss(beta=0.0, compiled=False, use_ref_model=False, loss_type=loss_type)
-                ll, _ = liger(h3, w, t2, mask.float(), adv, bias=b, old_per_token_logps=old)
-                loss, _ = oar.fused_linear_grpo_loss(h3, w, t2, old, adv, mask, loss_type=loss_type, bias=b, backend=backend)
-                gs = torch.autograd.grad(loss, (h3, w, b))
-                rs = torch.autograd.grad(ll, (h3, w, b))
-                err = max([abs(loss.item() - ll.item()) / max(abs(ll.item()), 1e-6)] + [_max_rel(x, y) for x, y in zip(gs, rs)])
-                rows.append(_row("fused_linear_grpo_loss", shp, "max rel err vs liger (loss, grads)", err, "<= 1e-4", err <= 1e-4))
-            except Exception as e:  # noqa: BLE001
-                rows.append(_err_row("fused_linear_grpo_loss", shp, "vs liger", e))
-    except Exception as e:  # noqa: BLE001
-        rows.append(_err_row("fused_linear_grpo_loss", "-", "liger import", e))
-    return rows
-
-
-# ----------------------------------------------------------------------------- benchmarks
-
-
-class Budget:
-    """Wall-clock budget of the whole check: sections skip what no longer fits."""
-
-    def __init__(self, seconds: float):
-        self.end = time.time() + seconds
-
-    def left(self) -> float:
-        return self.end - time.time()
-
-
 def _free(device):
     import torch
 
@@ -258,204 +168,579 @@ def _free(device):
         torch.cuda.empty_cache()
 
 
-BENCH_SHAPES = [  # (B, T, D, V): the gpu_check shape and liger's published Hopper shape
-    (16, 1024, 2048, 151936),
-    (8, 1024, 4096, 131072),
-]
-DRY_SHAPES = [(2, 16, 32, 500)]
-
-
-def bench_rows(device, dry: bool, repeats: int, emit, budget: Budget):
-    """fused_linear_logprob (with and without entropy) and fused_linear_grpo_loss fwd+bwd against
-    every baseline of benchmarks/lm_head_baselines.py, at each shape: time, peak memory, achieved
-    TFLOP/s of the useful LM-head GEMMs (3 x 2NDV: logits, d hidden, d weight) and their
-    fraction of the measured rate of one plain GEMM of the same shape and dtype."""
+def time_call(fn, device, repeats=5, warmup=1):
+    """Median seconds of fn() (CUDA events on a GPU)."""
     import torch
 
-    import lm_head_baselines as lb
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn()
+            e.record()
+            torch.cuda.synchronize(device)
+            times.append(s.elapsed_time(e) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_bytes(fn, device):
+    """Peak memory fn() allocates above what is allocated before it (CUDA); None on CPU.
+    Also the warm-up call (and torch.compile's / Triton's compile)."""
+    import torch
+
+    if device.type != "cuda":
+        fn()
+        return None
+    _free(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def _max_rel(a, b):
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def _mib(n):
+    return "n/a" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+# ----------------------------------------------------------------------------- a. preflight
+
+
+def _import_note(module: str) -> str:
+    try:
+        importlib.import_module(module)
+        return f"{module} {importlib.metadata.version(module)}"
+    except Exception as e:  # noqa: BLE001 - any reason it cannot be had is the answer
+        return f"{module}: missing ({_why(e)})"
+
+
+def preflight_rows(ctx, budget, wheels_note=""):
+    """What the machine is and what can run on it, before anything is timed."""
+    import torch
+    import triton
+
+    dev, emit = ctx.device, ctx.emit
+    if dev.type == "cuda":
+        p = torch.cuda.get_device_properties(dev)
+        free, total = torch.cuda.mem_get_info(dev)
+        emit(_row("preflight", "device", f"{p.name}, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, "
+                  f"{free / 2**30:.1f} of {total / 2**30:.1f} GiB free"))
+    else:
+        emit(_row("preflight", "device", "CPU (dry run, Triton interpreter)"))
+    emit(_row("preflight", "versions", f"python {sys.version.split()[0]}, torch {torch.__version__}, "
+              f"triton {triton.__version__}, CUDA {torch.version.cuda}"))
+    # Triton builds its CUDA launcher (C, including Python.h) with $CC / gcc / clang at the first launch
+    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang") or shutil.which("cc")
+    py_h = os.path.join(sysconfig.get_paths()["include"], "Python.h")
+    lacks = ([] if cc else ["no C compiler ($CC, gcc, clang, cc)"]) + ([] if os.path.exists(py_h) else [f"no {py_h}"])
+    emit(_row("preflight", "triton launcher build",
+              f"C compiler {cc}, {py_h}" if not lacks else
+              f"NO Triton kernel can launch: Triton compiles its launcher at the first launch and needs a C "
+              f"compiler and the Python headers; {'; '.join(lacks)}", ok=not lacks))
+    emit(_row("preflight", "carried wheels", wheels_note))
+    for mod in OPTIONAL:
+        note = _import_note(mod)
+        emit(_row("preflight", "optional baseline", note, kind="missing" if "missing" in note else "info"))
+    if dev.type == "cuda":
+        from oar_kernels.ops._lm_head_chunks import f32_gemm_ok
+
+        emit(_row("preflight", "cuBLAS", "fp32-output GEMM for bf16 operands: "
+                  + ("yes" if f32_gemm_ok(dev, torch.bfloat16) else "no (chunked mode upcasts the bf16 product)")))
+
+
+# ----------------------------------------------------------------------------- b. published shape
+
+
+def traffic_model(N, D, V, dtype_bytes, chunk_bytes, block_n=64, block_v=128, sms=132):
+    """FLOPs and HBM bytes of fused_linear_logprob's passes at one shape: {pass: {...}} with
+    passes "fused fwd", "chunked fwd", "bwd", each {"flops", "bytes"} (+ "l2_bytes" for fused).
+
+    A model to read next to measured times, not a measurement. Assumptions:
+    - a [N, D] x [D, V] GEMM is 2NDV FLOPs; the softmax arithmetic (~5NV) is left out;
+    - each tensor a pass touches moves through HBM once, except where said;
+    - fused forward (one Triton kernel, tl.dot + online log-sum-exp, no logits in memory):
+      hidden read once; the weight once per wave of `sms` resident programs, since the programs
+      of one wave stream the same weight tiles through L2 (programs = row blocks of block_n x
+      vocabulary splits, split as kernels/linear_logprob.fused_forward does). Its operand
+      traffic from L2 is far larger: every program re-reads its [block_n, D] hidden tile for each
+      block_v columns and its [block_v, D] weight tile: "l2_bytes";
+    - chunked forward: per row chunk of chunk_bytes / 4V rows, a cuBLAS GEMM reads the whole
+      weight and writes fp32 logits; the row-stats kernel reads them once;
+    - backward (ops/_lm_head_chunks.gradients), per block of at most chunk_bytes of fp32 logits,
+      over vocabulary blocks when N <= V, else over row chunks: recompute the logits (GEMM,
+      fp32 written), the d-logits pass (fp32 read, d logits written in the input dtype), then
+      d hidden = dz W and d weight = dz^T hidden (2 GEMMs reading dz). The side walked (weight
+      when N <= V) is read twice and its gradient written once; the other side is re-read twice
+      per block and its fp32 gradient read and written per block. 3 GEMMs: 6NDV FLOPs, of
+      which the gradients proper are 4NDV (the first recomputes the logits).
+    """
+    b, gemm = dtype_bytes, 2 * N * D * V
+    hidden, weight, logits32 = N * D * b, V * D * b, N * V * 4
+    row_blocks = math.ceil(N / block_n)
+    splits = max(1, min(math.ceil(V / block_v), math.ceil(2 * sms / row_blocks)))
+    waves = max(1, math.ceil(row_blocks * splits / sms))
+    chunks = math.ceil(N / max(1, min(N, chunk_bytes // (4 * V))))
+    # backward: `acc` is the side accumulated per block (N rows when walking the vocabulary)
+    acc, walked = (N, V) if N <= V else (V, N)
+    blocks = math.ceil(walked / max(1, min(walked, chunk_bytes // (4 * acc))))
+    bwd_bytes = blocks * acc * D * (2 * b + 2 * 4) + 3 * walked * D * b + N * V * (2 * 4 + 3 * b)
+    return {
+        "fused fwd": {"flops": gemm, "bytes": hidden + waves * weight,
+                      "l2_bytes": hidden * math.ceil(V / block_v) + weight * row_blocks},
+        "chunked fwd": {"flops": gemm, "bytes": hidden + chunks * weight + 2 * logits32},
+        "bwd": {"flops": 3 * gemm, "bytes": bwd_bytes},
+    }
+
+
+def lm_inputs(ctx, shape, seed=1):
+    """Random LM-head inputs at shape (B, T, D, V), made on the device."""
+    import torch
+
     import oar_kernels as oar
 
-    dtype = torch.float32 if dry else torch.bfloat16
-    backend = "triton"  # GPU, or the interpreter in a dry run
-    shapes = DRY_SHAPES if dry else BENCH_SHAPES
-    for B, T, D, V in shapes:
-        N = B * T
-        shape = f"N={N} D={D} V={V} {str(dtype)[6:]}"
-        if budget.left() < 60:
-            emit(_row("lm_head", shape, "skipped: time budget spent", None, "", False, "bench"))
+    B, T, D, V = ctx.shape(shape)
+    N, dev = B * T, ctx.device
+    dtype = torch.float32 if ctx.dry else torch.bfloat16
+    gen = torch.Generator(device=dev).manual_seed(seed)
+
+    def randn(*size, scale=1.0):
+        return (torch.randn(*size, generator=gen, device=dev) * scale).to(dtype)
+
+    x = argparse.Namespace(N=N, D=D, V=V, dtype=dtype, label=f"N={N} D={D} V={V} {str(dtype)[6:]}")
+    x.h = randn(N, D, scale=0.5).requires_grad_(True)
+    x.w = randn(V, D, scale=1 / math.sqrt(D)).requires_grad_(True)
+    x.t = torch.randint(0, V, (N,), generator=gen, device=dev)
+    x.g, x.g2 = torch.randn(N, generator=gen, device=dev), torch.randn(N, generator=gen, device=dev)
+    x.h3, x.t2 = x.h.detach().view(B, T, D).requires_grad_(True), x.t.view(B, T)
+    x.mask = torch.ones(B, T, dtype=torch.bool, device=dev)
+    x.mask[:, T * 3 // 4:] = torch.rand(B, T - T * 3 // 4, generator=gen, device=dev) > 0.5
+    with torch.no_grad():
+        lp = oar.fused_linear_logprob(x.h, x.w, x.t, backend="triton")
+    x.old = lp.view(B, T) + 0.05 * torch.randn(B, T, generator=gen, device=dev)
+    x.adv = torch.randn(B, generator=gen, device=dev)
+    return x
+
+
+def closures(x, op, names):
+    """{name: fn}, {name: why missing} of one group: "logprob" / "logprob +entropy" (fwd+bwd),
+    "logprob fwd" (forward only), "grpo_loss" (fwd+bwd)."""
+    import lm_head_baselines as lb
+
+    if op == "grpo_loss":
+        return lb.make_grpo(x.h3, x.w, x.t2, x.old, x.adv, x.mask, names=names, backend="triton")
+    return lb.make_logprob(x.h, x.w, x.t, x.g, x.g2, entropy="entropy" in op, names=names, backend="triton",
+                           grad=op != "logprob fwd")
+
+
+def measure(ctx, budget, x, op, names, need_s=10):
+    """Times each closure of the group: a row each with time, peak memory, TFLOP/s and its
+    fraction of the measured GEMM rate; for a baseline, how our ops compare with it. A baseline
+    that raises is missing (its library's failure); our op raising fails a check."""
+    fns, missing = closures(x, op, names)
+    flops = (1 if op == "logprob fwd" else 3) * 2 * x.N * x.D * x.V
+    gemm = ctx.rates.get(x.label, (None,))[0]
+    results = ctx.store.setdefault((op, x.label), {})
+    for name, why in missing.items():
+        ctx.emit(_missing_row(op, x.label, name, why))
+    for name, fn in fns.items():
+        label = name + (f" [{fn.note}]" if getattr(fn, "note", "") else "")
+        if budget.left() < need_s:
+            ctx.emit(_row(op, x.label, f"{label}: skipped (section budget spent)", ok=False, kind="skip"))
             continue
-        gen = torch.Generator().manual_seed(1)
-        h = (torch.randn(N, D, generator=gen) * 0.5).to(device, dtype).requires_grad_(True)
-        w = (torch.randn(V, D, generator=gen) / math.sqrt(D)).to(device, dtype).requires_grad_(True)
-        t = torch.randint(0, V, (N,), generator=gen).to(device)
-        g = torch.randn(N, generator=gen).to(device)
-        g2 = torch.randn(N, generator=gen).to(device)
-        h3 = h.detach().view(B, T, D).requires_grad_(True)
-        t2 = t.view(B, T)
-        mask = torch.ones(B, T, dtype=torch.bool, device=device)
-        mask[:, T * 3 // 4:] = (torch.rand(B, T - T * 3 // 4, generator=gen) > 0.5).to(device)
-        with torch.no_grad():
-            old = oar.fused_linear_logprob(h, w, t, backend=backend).view(B, T) + 0.05 * torch.randn(B, T, generator=gen).to(device)
-        adv = torch.randn(B, generator=gen).to(device)
-        flops = 3 * 2 * N * D * V
-        mm_rate = None
         try:
-            with torch.no_grad():
-                tm = time_call(lambda: torch.matmul(h, w.t()), device, repeats)
-            mm_rate = 2 * N * D * V / tm / 1e12
-            emit(_row("matmul", shape, f"torch.matmul [N,D]x[D,V] TFLOP/s ({tm * 1e3:.2f} ms)", mm_rate, "info", True, "bench"))
+            mem = peak_bytes(fn, ctx.device)
+            sec = time_call(fn, ctx.device, ctx.repeats, warmup=0 if ctx.dry else 1)
         except Exception as e:  # noqa: BLE001
-            emit(_err_row("matmul", shape, "GEMM rate", e, "bench"))
-        _free(device)
-
-        groups = []
-        # torch.compile'd eager at the first shape only: each shape is a fresh compile (~1 min)
-        first = (B, T, D, V) == shapes[0]
-        lp_names = lb.LOGPROB if first else tuple(n for n in lb.LOGPROB if n != "compiled")
-        grpo_names = lb.GRPO if first else tuple(n for n in lb.GRPO if n != "compiled")
-        for ent in (False, True):
-            fns, missing = lb.make_logprob(h, w, t, g, g2, entropy=ent, backend=backend, names=lp_names)
-            groups.append((f"logprob{' +entropy' if ent else ''}", fns, missing))
-        fns, missing = lb.make_grpo(h3, w, t2, old, adv, mask, backend=backend, names=grpo_names)
-        groups.append(("grpo_loss", fns, missing))
-        for op, fns, missing in groups:
-            for name, why in missing.items():
-                emit(_row(op, shape, f"{name}: missing ({why})", None, "", True, "missing"))
-            results = {}
-            for name, fn in fns.items():
-                if budget.left() < 30:
-                    emit(_row(op, shape, f"{name}: skipped (time budget)", None, "", False, "bench"))
-                    continue
-                try:
-                    mem = peak_bytes(fn, device)  # also the warm-up (and torch.compile's compile)
-                    sec = time_call(fn, device, repeats, warmup=0 if dry else 1)
-                    results[name] = (sec, mem)
-                    tf = flops / sec / 1e12
-                    frac = f", {tf / mm_rate:.2f}x GEMM rate" if mm_rate else ""
-                    mem_s = "n/a" if mem is None else f"{mem / 2**30:.2f} GiB"
-                    emit(_row(op, shape, f"{name}: fwd+bwd {sec * 1e3:.1f} ms, peak +{mem_s}, {tf:.0f} TFLOP/s{frac}",
-                              sec * 1e3, "ms", True, "bench"))
-                except Exception as e:  # noqa: BLE001 - a baseline that fails here is reported
-                    emit(_err_row(op, shape, f"{name} fwd+bwd", e, "bench"))
-                finally:
-                    _free(device)
-            ours = results.get("oar")
-            if ours:
-                others = {k: v for k, v in results.items() if k != "oar"}
-                for k, (sec, mem) in others.items():
-                    ms = "" if (mem is None or not ours[1]) else f", memory {ours[1] / max(mem, 1):.2f}x"
-                    emit(_row(op, shape, f"oar / {k}: time {ours[0] / sec:.2f}x{ms}", ours[0] / sec, "info", True, "ratio"))
-                fastest = min(others.items(), key=lambda kv: kv[1][0]) if others else None
-                if fastest:
-                    r = ours[0] / fastest[1][0]
-                    emit(_row(op, shape, f"oar time / fastest baseline ({fastest[0]})", r, "<= 1", r <= 1.0, "target"))
-        del h, w, h3, old
-        _free(device)
+            ctx.emit(_err_row(op, x.label, name, e) if name.startswith("oar")
+                     else _missing_row(op, x.label, label, f"fails here: {_why(e)}"))
+            continue
+        finally:
+            _free(ctx.device)
+        results[name] = (sec, mem)
+        frac = f", {flops / sec / gemm:.2f}x GEMM rate" if gemm else ""
+        what = "fwd" if op == "logprob fwd" else "fwd+bwd"
+        ctx.emit(_row(op, x.label, f"{label}: {what} {sec * 1e3:.2f} ms, peak +{_mib(mem)}, "
+                      f"{flops / sec / 1e12:.1f} TFLOP/s{frac}", sec * 1e3, "ms", kind="bench"))
+        ours = {k: v for k, v in results.items() if k.startswith("oar")}
+        if ours and not name.startswith("oar"):
+            ctx.emit(_row(op, x.label, f"ours / {name}: " + "; ".join(
+                f"{k} time {s / sec:.2f}x" + ("" if not (m and mem) else f", memory {m / mem:.2f}x")
+                for k, (s, m) in ours.items()), min(s for s, _ in ours.values()) / sec, "info", kind="ratio"))
+    return fns
 
 
-def fwd_config_rows(device, dry: bool, repeats: int, emit, budget: Budget):
-    """The fused forward kernel's candidate configurations, forward only, at the gpu_check shape:
-    16-bit at num_warps 4 and 8 (same blocks), fp32 at num_warps 4 / 8 and with tf32x3 / tf32
-    input precision (with their error against ieee), so FWD_CONFIG can be chosen from data."""
+def rate_rows(ctx, x):
+    """The measured GEMM rate at the shape's [N, D] x [D, V] and the device copy bandwidth."""
+    import torch
+
+    with torch.no_grad():
+        t_mm = time_call(lambda: torch.matmul(x.h, x.w.t()), ctx.device, ctx.repeats)
+        buf = torch.empty((1 << 28) if not ctx.dry else (1 << 20), dtype=torch.uint8, device=ctx.device)
+        dst = torch.empty_like(buf)
+        t_cp = time_call(lambda: dst.copy_(buf), ctx.device, ctx.repeats)
+    gemm, bw = 2 * x.N * x.D * x.V / t_mm, 2 * buf.numel() / t_cp
+    ctx.rates[x.label] = (gemm, bw)
+    ctx.emit(_row("rates", x.label, f"torch.matmul {gemm / 1e12:.1f} TFLOP/s ({t_mm * 1e3:.2f} ms); "
+                  f"copy {bw / 1e9:.0f} GB/s", gemm / 1e12, "TFLOP/s", kind="bench"))
+
+
+def model_rows(ctx, x):
+    """The traffic model of each pass next to its measured time (bwd: fwd+bwd minus fwd)."""
+    from oar_kernels.kernels.linear_logprob import FWD_CONFIG, _num_sms
+    from oar_kernels.ops._lm_head_chunks import CHUNK_BYTES
+
+    gemm, bw = ctx.rates[x.label]
+    m = traffic_model(x.N, x.D, x.V, x.dtype.itemsize, CHUNK_BYTES.get(ctx.device.type, CHUNK_BYTES["cpu"]),
+                      *FWD_CONFIG["fp32" if x.dtype.itemsize == 4 else "16bit"][:2], sms=_num_sms(ctx.device))
+    fwd = ctx.store.get(("logprob fwd", x.label), {})
+    both = ctx.store.get(("logprob", x.label), {})
+    measured = {"fused fwd": {"oar:fused": fwd.get("oar:fused")}, "chunked fwd": {"oar:chunked": fwd.get("oar:chunked")},
+                "bwd": {k: (both[k][0] - fwd[k][0], None) for k in OURS if k in both and k in fwd}}
+    for name, p in m.items():
+        bound = max(p["flops"] / gemm, p["bytes"] / bw)
+        l2 = f" (L2 operand traffic {p['l2_bytes'] / 1e9:.1f} GB)" if "l2_bytes" in p else ""
+        got = "; ".join(f"{k} measured {v[0] * 1e3:.2f} ms = {v[0] / bound:.2f}x" for k, v in measured[name].items() if v)
+        ctx.emit(_row("traffic model", x.label, f"{name}: {p['flops'] / 1e12:.2f} TFLOP, HBM {p['bytes'] / 1e9:.2f} GB{l2} "
+                      f"-> >= {bound * 1e3:.2f} ms at the measured rates; {got or 'not measured'}",
+                      bound * 1e3, "ms", kind="model"))
+
+
+def agreement_rows(ctx, x, fwd_fns):
+    """Our forward modes against each other and against eager at the benchmark shape: the
+    chunked mode's cuBLAS logits are fp32 like the fused kernel's (unless cuBLAS cannot write
+    fp32 from bf16 here); eager's logits are rounded to the input dtype."""
+    import torch
+
+    from oar_kernels.ops._lm_head_chunks import f32_gemm_ok
+
+    loose = 3e-2 if x.dtype != torch.float32 else 1e-4
+    tol = {"oar:chunked": 1e-3 if (x.dtype == torch.float32 or f32_gemm_ok(ctx.device, x.dtype)) else loose,
+           "eager": loose}
+    try:
+        ref = fwd_fns["oar:fused"]()[0]
+        for name, t in tol.items():
+            err = float((fwd_fns[name]()[0].float() - ref).abs().max())
+            ctx.emit(_row("fused_linear_logprob", x.label, f"max |logp({name}) - logp(oar:fused)|", err, f"<= {t:g}",
+                          err <= t, "check"))
+    except Exception as e:  # noqa: BLE001
+        ctx.emit(_err_row("fused_linear_logprob", x.label, "forward modes vs eager", e))
+    finally:
+        _free(ctx.device)
+
+
+def published_rows(ctx, budget):
+    """Our ops against eager at liger's published Hopper shape, before anything else is timed."""
+    x = lm_inputs(ctx, PUBLISHED)
+    rate_rows(ctx, x)
+    fwd_fns = measure(ctx, budget, x, "logprob fwd", OURS + ("eager",))
+    agreement_rows(ctx, x, fwd_fns)
+    del fwd_fns
+    measure(ctx, budget, x, "logprob", OURS + ("eager",))
+    model_rows(ctx, x)
+    measure(ctx, budget, x, "grpo_loss", ("oar", "eager"))
+
+
+# ----------------------------------------------------------------------------- spot checks
+
+
+def spot_check_rows(ctx, budget):
+    """The ops on the device against the references, small non-power-of-two shapes, fp32 and
+    bf16: fused_linear_logprob in both forward modes (entropy, temperature, bias), a few rows
+    of a long vocabulary (split across programs), fused_linear_grpo_loss against grpo_loss on
+    reference log-probs (each loss_type, OAR weights) and against liger's
+    LigerFusedLinearGRPOLoss (uniform weights; liger absent or failing: missing)."""
+    import torch
+
+    import oar_kernels as oar
+    from oar_kernels.reference.logprob import linear_logprob_reference as ref_logprob
+
+    device, emit, dry = ctx.device, ctx.emit, ctx.dry
+    gen = torch.Generator().manual_seed(0)
+    N, D, V = (37, 40, 301) if dry else (300, 192, 1037)
+    B, T = (3, 7) if dry else (6, 50)
+    kw = dict(backend="triton")  # the kernels, on the GPU or (dry run) in the interpreter
+
+    def rnd(*size, scale=1.0, dtype=torch.float32):
+        return (torch.randn(*size, generator=gen) * scale).to(device, dtype)
+
+    def make(n, d, v, dtype):
+        h, w, b = (rnd(*sz, scale=sc, dtype=dtype).requires_grad_(True) for sz, sc in (((n, d), 1), ((v, d), 3 / math.sqrt(d)), ((v,), 1)))
+        return h, w, b, torch.randint(0, v, (n,), generator=gen).to(device)
+
+    def check(op, shp, metric, err, tol):
+        emit(_row(op, shp, metric, err, f"<= {tol:g}", err <= tol, "check"))
+
+    def grads_err(a, b, wrt):
+        return max(_max_rel(x, y) for x, y in zip(torch.autograd.grad(a, wrt), torch.autograd.grad(b, wrt)))
+
+    def loss_err(loss, ref, adv):  # the loss cancels between advantages: scaled by theirs
+        return abs(loss.item() - ref.item()) / max(abs(ref.item()), float(adv.abs().max()))
+
+    def logprob(shp, dtype, mode, tol_f, tol_g):
+        h, w, b, t = make(N, D, V, dtype)
+        lp, ent = oar.fused_linear_logprob(h, w, t, bias=b, temperature=0.7, return_entropy=True, forward_mode=mode, **kw)
+        rlp, rent = ref_logprob(h, w, t, bias=b, temperature=0.7, return_entropy=True)
+        check("fused_linear_logprob", shp, "fwd max rel err (logp, entropy)", max(_max_rel(lp, rlp), _max_rel(ent, rent)), tol_f)
+        g1, g2 = rnd(N), rnd(N)
+        check("fused_linear_logprob", shp, "grad max rel err (hidden, weight, bias)",
+              grads_err((lp * g1).sum() + (ent * g2).sum(), (rlp * g1).sum() + (rent * g2).sum(), (h, w, b)), tol_g)
+
+    def long_vocab(shp, v):
+        h, w, b, t = make(3, 32, v, torch.bfloat16)
+        with torch.no_grad():
+            err = _max_rel(oar.fused_linear_logprob(h, w, t, bias=b, **kw), ref_logprob(h, w, t, bias=b))
+        check("fused_linear_logprob", shp, "fwd max rel err (split vocabulary)", err, 1e-3)
+
+    def grpo_inputs(dtype):
+        h, w, b, t = make(B * T, D, V, dtype)
+        h3, t2 = h.detach().view(B, T, D).requires_grad_(True), t.view(B, T)
+        mask = (torch.rand(B, T, generator=gen) > 0.2).to(device)
+        with torch.no_grad():
+            base = ref_logprob(h3.view(-1, D), w, t, b, 0.9).view(B, T)
+        return h3, w, b, t, t2, mask, base + 0.2 * rnd(B, T), base, rnd(B)
+
+    def grpo(shp, dtype, loss_type, tol):
+        h3, w, b, t, t2, mask, old, base, adv = grpo_inputs(dtype)
+        mask[-1] = False
+        args = dict(weights=(torch.rand(B, T, generator=gen) * 2).to(device), ref_logp=base + 0.1 * rnd(B, T), beta=0.04,
+                    loss_type=loss_type, max_completion_length=T)
+        loss, m = oar.fused_linear_grpo_loss(h3, w, t2, old, adv, mask, temperature=0.9, bias=b, **kw, **args)
+        rl, rm = oar.grpo_loss(ref_logprob(h3.view(-1, D), w, t, b, 0.9).view(B, T), old, adv, mask, **args)
+        err = max(loss_err(loss, rl, adv), max(abs(float(m[k]) - float(rm[k])) for k in rm), grads_err(loss, rl, (h3, w, b)))
+        check("fused_linear_grpo_loss", shp, "max rel err vs grpo_loss(reference logp): loss, metrics, grads", err, tol)
+
+    def vs_liger(shp, loss_type):
+        h3, w, b, t, t2, mask, old, base, adv = grpo_inputs(torch.float32)
+        try:  # liger is a baseline: absent, or failing on its own, it is missing
+            from liger_kernel.chunked_loss.grpo_loss import LigerFusedLinearGRPOLoss
+
+            liger = LigerFusedLinearGRPOLoss(beta=0.0, compiled=False, use_ref_model=False, loss_type=loss_type)
+            ll = liger(h3, w, t2, mask.float(), adv, bias=b, old_per_token_logps=old)[0]
+        except Exception as e:  # noqa: BLE001
+            return emit(_missing_row("fused_linear_grpo_loss", shp, "liger (comparison)", _why(e)))
+        loss = oar.fused_linear_grpo_loss(h3, w, t2, old, adv, mask, loss_type=loss_type, bias=b, **kw)[0]
+        err = max(loss_err(loss, ll, adv), grads_err(loss, ll, (h3, w, b)))
+        check("fused_linear_grpo_loss", shp, "max rel err vs liger (loss, grads)", err, 1e-4)
+
+    f32, bf16 = torch.float32, torch.bfloat16
+    v_big = 5000 if dry else 151936
+    checks = [(logprob, f"[{N}, {D}] x [{V}, {D}] {str(dt)[6:]} forward_mode={mode}", (dt, mode, tf, tg))
+              for dt, tf, tg in ((f32, 1e-4, 1e-4), (bf16, 1e-3, 3e-2)) for mode in ("fused", "chunked")]
+    checks += [(long_vocab, f"[3, 32] x [{v_big}, 32] bf16", (v_big,))]
+    checks += [(grpo, f"[{B}, {T}, {D}] x [{V}, {D}] {str(dt)[6:]} {lt}", (dt, lt, tol))
+               for dt, tol in ((f32, 1e-4), (bf16, 3e-2)) for lt in ("grpo", "bnpo", "dapo", "dr_grpo")]
+    checks += [(vs_liger, f"[{B}, {T}, {D}] x [{V}, {D}] float32 {lt} vs liger", (lt,)) for lt in ("grpo", "dapo")]
+    for fn, shp, args in checks:
+        op = "fused_linear_logprob" if fn in (logprob, long_vocab) else "fused_linear_grpo_loss"
+        if budget.left() < 3:
+            emit(_row(op, shp, "skipped (section budget spent)", ok=False, kind="skip"))
+            continue
+        try:
+            fn(shp, *args)
+        except Exception as e:  # noqa: BLE001 - our op raising: a failed check
+            emit(_err_row(op, shp, fn.__name__, e))
+
+
+# ----------------------------------------------------------------------------- c. kernel tests
+
+
+def stream(cmd, timeout, on_line, **popen_kw):
+    """Runs cmd, handing each line of its stdout+stderr to on_line as it comes; kills it after
+    timeout seconds. Returns its exit status, None when killed."""
+    # its own process group, so that the kill reaches its children too (they hold the pipe open)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                            start_new_session=True, **popen_kw)
+    killer = threading.Timer(max(1.0, timeout), lambda: os.killpg(proc.pid, signal.SIGKILL))
+    killer.start()
+    try:
+        for line in proc.stdout:
+            on_line(line.rstrip("\n"))
+        rc = proc.wait()
+    finally:
+        killed = not killer.is_alive()
+        killer.cancel()
+        if proc.poll() is None:  # interrupted (SIGTERM / Ctrl-C): take it down too
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return None if killed else rc
+
+
+def kernel_test_rows(ctx, budget):
+    """`pytest --gpu -m kernels tests/` in a subprocess (the Triton kernels compiled on the
+    GPU; tests/conftest.py), its lines printed as they come: a row per FAILED / ERROR line and
+    one for the summary. A dry run only collects (the interpreter run is CI's)."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "kernels", "tests/"]
+    cmd += ["--co"] if ctx.dry else ["--gpu", "-rfE"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # else pytest's lines come in 8 KB blocks
+    if not ctx.dry:
+        env.pop("TRITON_INTERPRET", None)
+    label = "pytest " + " ".join(cmd[3:])
+    lines, t0 = [], time.monotonic()
+
+    def on_line(line):
+        print("    " + line, flush=True)
+        if line.strip():
+            lines.append(line)
+        if line.startswith(("FAILED", "ERROR")):
+            ctx.emit(_row("kernel tests", label, line[:240], ok=False, kind="check"))
+
+    rc = stream(cmd, budget.left(), on_line, cwd=ROOT, env=env)
+    took = f"({time.monotonic() - t0:.0f} s)"
+    if rc is None:
+        ctx.emit(_row("kernel tests", label, f"killed after the section budget {took}; last line: "
+                      f"{(lines or ['-'])[-1][:160]}", ok=False, kind="skip"))
+    else:
+        ctx.emit(_row("kernel tests", label, f"{(lines or ['no output'])[-1][:200]} {took}", rc, "rc 0", rc == 0, "check"))
+
+
+# ----------------------------------------------------------------------------- d. baselines, configs
+
+
+def baseline_plan(dry):
+    """(shape, group, names) in the order they are timed: the cheap baselines at the published
+    shape, the other shape whole, then what compiles (liger's GRPO loss runs under
+    torch.compile; the eager function under torch.compile: a compile per shape and group)."""
+    extra = ("liger:triton", "liger:fallback") if dry else ()  # the paths "auto" takes on sm_90
+    every = OURS + ("eager", "trl", "liger", "cce")
+    return [
+        (PUBLISHED, "logprob", ("trl", "liger", "cce") + extra),
+        (PUBLISHED, "grpo_loss", ("trl+oar",)),
+        (PUBLISHED, "logprob +entropy", every),
+        (QWEN, "logprob", every),
+        (QWEN, "grpo_loss", ("oar", "eager", "trl+oar")),
+        (QWEN, "logprob +entropy", every),
+        (PUBLISHED, "grpo_loss", ("liger",)),
+        (QWEN, "grpo_loss", ("liger",)),
+        (PUBLISHED, "logprob", ("compiled",)),
+        (PUBLISHED, "grpo_loss", ("compiled",)),
+        (QWEN, "logprob", ("compiled",)),
+        (QWEN, "grpo_loss", ("compiled",)),
+    ]
+
+
+def baseline_rows(ctx, budget):
+    """Every group of baseline_plan, then per group our best time over the fastest baseline's."""
+    for shape, op, names in baseline_plan(ctx.dry):
+        compiles = "compiled" in names or (op == "grpo_loss" and "liger" in names)
+        need = 45 if compiles else 10
+        if budget.left() < need:
+            ctx.emit(_row(op, str(ctx.shape(shape)), f"{', '.join(names)}: skipped (section budget spent)", ok=False, kind="skip"))
+            continue
+        x = lm_inputs(ctx, shape)
+        if x.label not in ctx.rates:
+            rate_rows(ctx, x)
+        measure(ctx, budget, x, op, names, need_s=need)
+        del x
+        _free(ctx.device)
+    for (op, label), res in ctx.store.items():
+        ours = {k: v for k, v in res.items() if k.startswith("oar")}
+        others = {k: v for k, v in res.items() if not k.startswith("oar")}
+        if ours and others:
+            (o, (so, _)), (b, (sb, _)) = min(ours.items(), key=lambda kv: kv[1][0]), min(others.items(), key=lambda kv: kv[1][0])
+            ctx.emit(_row(op, label, f"our best ({o}) time / fastest baseline ({b})", so / sb, "<= 1", so <= sb, "target"))
+
+
+def fwd_config_rows(ctx, budget):
+    """Each distinct candidate configuration of the fused forward kernel (16-bit at num_warps
+    4 and 8, fp32 also at tf32x3 / tf32 input precision, with their error against the default),
+    forward only at the other shape, so kernels/linear_logprob.py's FWD_CONFIG can be chosen."""
     import torch
 
     from oar_kernels.kernels import linear_logprob as kl
 
-    N, D, V = (40, 32, 300) if dry else (16384, 2048, 151936)
-    gen = torch.Generator().manual_seed(2)
+    B, T, D, V = ctx.shape(QWEN)
+    N = B * T
+    gen = torch.Generator(device=ctx.device).manual_seed(2)
     for dtype in (torch.bfloat16, torch.float32):
         shape = f"N={N} D={D} V={V} {str(dtype)[6:]}"
-        key = "fp32" if dtype == torch.float32 else "16bit"
-        base = kl.FWD_CONFIG[key]
-        h = torch.randn(N, D, generator=gen).to(device, dtype)
-        w = (torch.randn(V, D, generator=gen) / math.sqrt(D)).to(device, dtype)
-        t = torch.randint(0, V, (N,), generator=gen).to(device)
+        base = kl.FWD_CONFIG["fp32" if dtype == torch.float32 else "16bit"]
         cands = [("default", base, None), ("num_warps=4", base[:3] + (4,) + base[4:5] + (None,), None),
                  ("num_warps=8", base[:3] + (8,) + base[4:], None)]
         if dtype == torch.float32:
             cands += [("tf32x3", base, "tf32x3"), ("tf32", base, "tf32")]
+        distinct = {}
+        for name, cfg, prec in cands:  # one run per distinct (config, precision)
+            distinct.setdefault((cfg, prec), name)
+        h = torch.randn(N, D, generator=gen, device=ctx.device).to(dtype)
+        w = (torch.randn(V, D, generator=gen, device=ctx.device) / math.sqrt(D)).to(dtype)
+        t = torch.randint(0, V, (N,), generator=gen, device=ctx.device)
         ref = None
-        for name, cfg, prec in cands:
-            if budget.left() < 20:
-                emit(_row("fused fwd config", shape, f"{name}: skipped (time budget)", None, "", False, "bench"))
+        for (cfg, prec), name in distinct.items():
+            if budget.left() < 10:
+                ctx.emit(_row("fused fwd config", shape, f"{name}: skipped (section budget spent)", ok=False, kind="skip"))
                 continue
             try:
                 with torch.no_grad():
-                    fn = lambda: kl.fused_forward(h, w, t, None, 1.0, True, config=None if dry else cfg,  # noqa: E731
-                                                  input_precision=prec)
+                    def fn(cfg=cfg, prec=prec):
+                        return kl.fused_forward(h, w, t, None, 1.0, True, config=None if ctx.dry else cfg, input_precision=prec)
                     zt, lse, _ = fn()
-                    lp = zt - lse
-                    ref = lp if ref is None else ref
-                    err = float((lp - ref).abs().max())
-                    sec = time_call(fn, device, repeats)
-                tf = 2 * N * D * V / sec / 1e12
-                emit(_row("fused fwd config", shape, f"{name} {cfg} prec={prec or 'default'}: fwd+entropy {sec * 1e3:.1f} ms, "
-                          f"{tf:.0f} TFLOP/s, max |dlogp| vs default {err:.1e}", sec * 1e3, "ms", True, "bench"))
+                    ref = zt - lse if ref is None else ref
+                    err = float((zt - lse - ref).abs().max())
+                    sec = time_call(fn, ctx.device, ctx.repeats)
+                ctx.emit(_row("fused fwd config", shape, f"{name} {cfg} prec={prec or 'default'}: fwd+entropy {sec * 1e3:.2f} ms, "
+                              f"{2 * N * D * V / sec / 1e12:.1f} TFLOP/s, max |dlogp| vs default {err:.1e}", sec * 1e3, "ms", kind="bench"))
             except Exception as e:  # noqa: BLE001
-                emit(_err_row("fused fwd config", shape, name, e, "bench"))
+                ctx.emit(_err_row("fused fwd config", shape, name, e, "bench"))
         del h, w
-        _free(device)
+        _free(ctx.device)
 
 
-def test_suite_rows(dry: bool, emit, budget: Budget, timeout_s: int):
-    """The kernel tests compiled on the GPU (tests/conftest.py --gpu), before any benchmark; a
-    dry run only collects them (the interpreter run is CI's)."""
-    import subprocess
-
-    root = os.path.dirname(HERE)
-    if not os.path.isdir(os.path.join(root, "tests")):
-        emit(_row("tests", "-", "no tests/ folder next to benchmarks/", None, "", False, "check"))
-        return
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "kernels", "tests/"]
-    cmd += ["--co"] if dry else ["--gpu", "-rf"]
-    env = dict(os.environ)
-    if not dry:
-        env.pop("TRITON_INTERPRET", None)
-    t0 = time.time()
-    try:
-        r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True,
-                           timeout=min(timeout_s, max(30, budget.left() - 240)))
-        tail = [ln for ln in r.stdout.strip().splitlines() if ln.strip()][-1:] or [r.stderr.strip()[-200:]]
-        for ln in r.stdout.splitlines():
-            if ln.startswith("FAILED"):
-                emit(_row("tests", "--gpu -m kernels", ln[:200], None, "", False, "check"))
-        emit(_row("tests", "pytest --gpu -m kernels" if not dry else "pytest --co -m kernels",
-                  f"{tail[0][:160]} ({time.time() - t0:.0f} s)", r.returncode, "rc 0", r.returncode == 0, "check"))
-    except subprocess.TimeoutExpired as e:
-        emit(_row("tests", "pytest --gpu -m kernels", f"timed out after {e.timeout:.0f} s", None, "", False, "check"))
+# ----------------------------------------------------------------------------- e. other scripts' rows
 
 
-# ----------------------------------------------------------------------------- other engineers' rows
+# module, seconds of its budget, keyword arguments of its gpu_rows in a dry run (tiny sizes)
+FOREIGN = (
+    ("bench_bilevel", 15, dict(batch=3, seq=40, long_shape=(1, 70), repeats=1)),
+    ("bench_saliency", 15, dict(shape=(2, 3, 24), repeats=1, hidden_mult=1)),
+    ("bench_importance", 60, dict(prompt=8, reasoning=12, conclude=2, answer=2, responses=2, naive_forwards=2,
+                                  budget=256, repeats=1, model_kwargs=dict(hidden=32, layers=2, heads=4, kv_heads=2, vocab=97))),
+    ("rl_step", 90, dict(prompts=2, num_generations=2, max_completion_length=12, steps=1, synthetic="tiny",
+                         synthetic_prompts=2, naive_budget=0.5, large_s=0)),
+    ("bench_trainer", 90, dict(steps=2, hidden=32, layers=1, gens=2, prompts=2, completion=8, threads=1)),
+)
 
 
-def foreign_rows(device, dry: bool, budget=None):
-    rows = []
-    for name in ("bench_bilevel", "bench_saliency", "bench_importance", "rl_step", "bench_trainer"):
-        path = os.path.join(HERE, f"{name}.py")
-        if not os.path.exists(path):
-            continue
-        if budget is not None and budget.left() < 60 and not dry:
-            rows.append(_row(name, "-", "skipped: time budget spent", None, "", False, "foreign"))
+def foreign_rows(ctx, budget):
+    """gpu_rows(device, emit=..., budget_s=...) of the other benchmark scripts, each given the
+    smaller of its own seconds and what the run has left; their rows stream through emit."""
+    for name, seconds, dry_kw in FOREIGN:
+        own = Budget(seconds, budget)
+        if own.left() < 5:
+            ctx.emit(_row(name, "-", "skipped (time budget spent)", ok=False, kind="skip"))
             continue
         try:
-            spec = importlib.util.spec_from_file_location(f"_gpu_check_{name}", path)
+            spec = importlib.util.spec_from_file_location(f"_gpu_check_{name}", os.path.join(HERE, f"{name}.py"))
             mod = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(mod)
-            fn = getattr(mod, "gpu_rows", None)
-            if fn is None:
-                rows.append(_row(name, "-", "no gpu_rows(device) in module", None, "", False, "foreign"))
-                continue
-            if dry:
-                rows.append(_row(name, "-", "gpu_rows found (not run in a CPU dry run)", None, "", True, "foreign"))
-                continue
-            for r in fn(device):
-                r = dict(r)
-                r.setdefault("kind", "foreign")
-                r.setdefault("ok", True)
-                rows.append(r)
-        except Exception as e:  # noqa: BLE001
-            rows.append(_err_row(name, "-", "gpu_rows", e, "foreign"))
-    return rows
+            mod.gpu_rows(ctx.device, emit=lambda r: ctx.emit({"kind": "foreign", "ok": True, **r}),
+                         budget_s=own.left(), **(dry_kw if ctx.dry else {}))
+        except Exception as e:  # noqa: BLE001 - gpu_rows guard their measurements; this is the import or a bad call
+            ctx.emit(_err_row(name, "-", "gpu_rows", e, "foreign"))
+        _free(ctx.device)
+
+
+# (name, seconds of its budget, function), after the preflight rows (no budget: a few seconds)
+SECTIONS = (
+    ("published", 60, published_rows),
+    ("spot checks", 30, spot_check_rows),
+    ("kernel tests", 150, kernel_test_rows),
+    ("baselines", 90, baseline_rows),
+    ("fwd configs", 20, fwd_config_rows),
+    ("foreign", 400, foreign_rows),
+)
 
 
 # ----------------------------------------------------------------------------- output
@@ -478,79 +763,86 @@ def render(rows, header_lines):
     return "\n".join(out) + "\n"
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="GPU correctness spot checks and benchmarks of the fused ops")
+    p = argparse.ArgumentParser(description="GPU checks and benchmarks of the fused ops, most valuable first")
     p.add_argument("--out", default=None, help="markdown file to write the table to (rewritten after every row)")
     p.add_argument("--dry-run-cpu", action="store_true", help="run every code path on CPU at tiny sizes (Triton interpreter)")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--budget-s", type=float, default=450, help="wall-clock budget; later rows are skipped past it")
-    p.add_argument("--tests-timeout-s", type=int, default=200)
-    p.add_argument("--skip-tests", action="store_true")
-    p.add_argument("--skip-bench", action="store_true")
-    p.add_argument("--skip-foreign", action="store_true")
+    p.add_argument("--budget-s", type=float, default=400, help="wall-clock budget of the whole run (sections skip past it)")
+    p.add_argument("--wheels", default=os.path.join(ROOT, ".whl"),
+                   help="folder of wheels to install offline first (scripts/gpu_carry.sh); '' for none")
+    p.add_argument("--skip", default="", help="comma-separated sections to leave out: " + ", ".join(s[0] for s in SECTIONS))
     args = p.parse_args(argv)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if skip - {s[0] for s in SECTIONS}:
+        p.error(f"--skip: unknown sections {sorted(skip - {s[0] for s in SECTIONS})}")
 
+    t0 = time.monotonic()
+    signal.signal(signal.SIGTERM, _interrupt)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network on the GPU machine: fail at once, not after retries
+    wheels_note = install_wheels(args.wheels)  # before any optional package is imported
     if args.dry_run_cpu:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
+    for path in (HERE, ROOT):  # lm_head_baselines; oar_kernels from this tree when not installed
+        if path not in sys.path:
+            sys.path.insert(1, path)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), ROOT) if p)
     import torch
 
     if not args.dry_run_cpu and not torch.cuda.is_available():
         print("no GPU: torch.cuda.is_available() is False on this machine; nothing was checked "
               "(run with --dry-run-cpu to exercise this script on CPU).")
         return 0
-    if HERE not in sys.path:
-        sys.path.insert(0, HERE)  # lm_head_baselines, bench_trainer
     device = torch.device("cpu") if args.dry_run_cpu else torch.device("cuda")
     if args.dry_run_cpu:
         torch.set_num_threads(min(2, torch.get_num_threads()))
-    import triton
-
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (dry run, Triton interpreter)"
-    header = [
-        f"# gpu_check: {name}",
-        "",
-        f"torch {torch.__version__}, triton {triton.__version__}; {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
-    ]
-    t0 = time.time()
-    budget = Budget(args.budget_s)
+    header = [f"# gpu_check: {name}", "", f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}"]
     rows = []
 
     def emit(row):
         rows.append(row)
         print("[gpu_check]", " | ".join(_fmt(row.get(c)) for c in ("op", "shape", "metric", "value")), flush=True)
-        if args.out:  # the table so far, so a run cut short still leaves its rows
+        if args.out:  # the table so far: a run cut short still leaves its rows
             with open(args.out, "w") as fh:
-                fh.write(render(rows, header + [f"(in progress, {time.time() - t0:.0f} s)"]))
+                fh.write(render(rows, header + [f"(in progress, {time.monotonic() - t0:.0f} s)"]))
 
-    dry, reps = args.dry_run_cpu, (1 if args.dry_run_cpu else args.repeats)
-    sections = (
-        ("tests", None if args.skip_tests else (lambda: test_suite_rows(dry, emit, budget, args.tests_timeout_s))),
-        ("correctness", lambda: [emit(r) for r in correctness_rows(device, dry)]),
-        ("bench", None if args.skip_bench else (lambda: bench_rows(device, dry, reps, emit, budget))),
-        ("fwd configs", None if args.skip_bench else (lambda: fwd_config_rows(device, dry, reps, emit, budget))),
-        ("foreign", None if args.skip_foreign else (lambda: [emit(r) for r in foreign_rows(device, dry, budget)])),
-    )
-    for label, fn in sections:
-        if fn is None:
-            continue
-        s = time.time()
-        try:
-            fn()
-        except Exception as e:  # noqa: BLE001 - keep going: one broken section must not hide the rest
-            traceback.print_exc()
-            emit(_err_row(label, "-", "section", e, label))
-        print(f"[gpu_check] {label}: {time.time() - s:.1f} s", flush=True)
-    failed_checks = [r for r in rows if not r.get("ok") and r.get("kind") == "check"]
-    missed = [r for r in rows if not r.get("ok") and r.get("kind") != "check"]
-    header.append(f"total {time.time() - t0:.0f} s; correctness failures: {len(failed_checks)}; "
-                  f"missed targets / errors elsewhere: {len(missed)}")
+    ctx = Ctx(device, args.dry_run_cpu, 1 if args.dry_run_cpu else args.repeats, emit)
+    total = Budget(args.budget_s)
+    try:
+        preflight_rows(ctx, total, wheels_note)
+        for label, seconds, fn in SECTIONS:
+            if label in skip:
+                continue
+            budget = Budget(seconds, total)
+            if budget.left() < 5:
+                emit(_row(label, "-", "skipped (time budget spent)", ok=False, kind="skip"))
+                continue
+            s = time.monotonic()
+            try:
+                fn(ctx, budget)
+            except Exception as e:  # noqa: BLE001 - one broken section must not hide the rest
+                traceback.print_exc()
+                emit(_err_row(label, "-", "section", e))
+            _free(device)
+            print(f"[gpu_check] {label}: {time.monotonic() - s:.1f} s (budget {seconds} s)", flush=True)
+    except KeyboardInterrupt as e:  # SIGTERM (timeout) or Ctrl-C: the rows so far still make the table
+        emit(_row("gpu_check", "-", f"interrupted ({e or 'SIGINT'}) after {time.monotonic() - t0:.0f} s", ok=False, kind="skip"))
+    failed = [r for r in rows if not r["ok"] and r["kind"] == "check"]
+    other = [r for r in rows if not r["ok"] and r["kind"] != "check"]
+    header.append(f"total {time.monotonic() - t0:.0f} s; correctness failures: {len(failed)}; "
+                  f"missed targets, skips, errors elsewhere: {len(other)}")
     text = render(rows, header)
     print(text)
     if args.out:
         with open(args.out, "w") as fh:
             fh.write(text)
         print(f"wrote {args.out}")
-    return 1 if failed_checks else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -715,11 +715,12 @@ FOREIGN = (
 
 def foreign_rows(ctx, budget):
     """gpu_rows(device, emit=..., budget_s=...) of the other benchmark scripts, each given the
-    smaller of its own seconds and what the run has left; their rows stream through emit."""
+    smaller of its own seconds and what the run has left, and not started with less than a
+    third of its own (a measurement once started runs to its end); rows stream through emit."""
     for name, seconds, dry_kw in FOREIGN:
         own = Budget(seconds, budget)
-        if own.left() < 5:
-            ctx.emit(_row(name, "-", "skipped (time budget spent)", ok=False, kind="skip"))
+        if own.left() < seconds / 3:
+            ctx.emit(_row(name, "-", f"skipped ({max(0, own.left()):.0f} s of the time budget left)", ok=False, kind="skip"))
             continue
         try:
             spec = importlib.util.spec_from_file_location(f"_gpu_check_{name}", os.path.join(HERE, f"{name}.py"))

@@ -518,9 +518,9 @@ def gpu_rows(device, prompts=64, num_generations=8, max_completion_length=256, s
     model (random weights, bf16, synthetic answer spans: every response scored) at
     max_completion_length; and, when $OAR_BENCH_SMOLLM2 (or model_path) names a local
     transformers folder, for that model. Failures become rows with ok=False. emit(row) is
-    called with each row as it is made. Of budget_s seconds, a model is not started once they
-    are spent, nor a model other than the default one with less than large_s left (a guess at
-    what the synthetic Qwen2-0.5B needs on one H100 / H200, not a measurement); a row says so. The naive OAR-P oracle gets at
+    called with each row as it is made. Of budget_s seconds, the default policy is not started
+    with less than large_s / 4 left, any other model with less than large_s (a guess at what
+    the synthetic Qwen2-0.5B needs on one H100 / H200, not a measurement); a row says so. The naive OAR-P oracle gets at
     most a tenth of the time left."""
     device = torch.device(device)
     rows, end = [], time.monotonic() + budget_s
@@ -540,7 +540,7 @@ def gpu_rows(device, prompts=64, num_generations=8, max_completion_length=256, s
         P = synthetic_prompts if kind else prompts
         shp = f"{os.path.basename(str(name).rstrip('/'))} P={P} G={num_generations} C={C}"
         left = end - time.monotonic()
-        if left <= (large_s if name != "default" else 0):
+        if left <= (large_s if name != "default" else large_s / 4):
             add({"op": "rl_step", "shape": shp, "metric": f"skipped ({left:.0f} s of the time budget left)", "value": None,
                  "target": "", "ok": False})
             continue

@@ -4,6 +4,7 @@ is a "missing" row, not a failure. Plus the traffic model's arithmetic."""
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,36 @@ def test_trainer_gpu_rows_stream_without_a_budget():
     rows = load_benchmark("bench_trainer").gpu_rows("cpu", steps=2, hidden=32, layers=1, gens=2, prompts=2, completion=8,
                                                     threads=1, emit=seen.append)
     assert seen == rows and len(rows) == 3 and all(r["ok"] and r["value"] > 0 for r in rows), rows
+
+
+def test_stream_kills_at_its_timeout():
+    """The kernel tests' runner: lines come as they are printed; past the timeout the child and
+    its own children are killed and the status is None."""
+    lines = []
+    code = "import subprocess, sys, time; print('started', flush=True); subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    t0 = time.monotonic()
+    assert gpu_check.stream([sys.executable, "-c", code], 2, lines.append) is None
+    assert lines == ["started"] and time.monotonic() - t0 < 30
+    assert gpu_check.stream([sys.executable, "-c", "print('x')"], 30, lines.append) == 0 and lines[-1] == "x"
+
+
+def test_install_wheels_offline(tmp_path):
+    """Carried wheels are installed without an index into a folder that comes first on sys.path
+    and on the PYTHONPATH of subprocesses; a wheel for another Python is left out and named."""
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "oar_probe_pkg-0.1-py3-none-any.whl", "w") as z:
+        z.writestr("oar_probe_pkg/__init__.py", "X = 1\n")
+        info = "oar_probe_pkg-0.1.dist-info/"
+        z.writestr(info + "METADATA", "Metadata-Version: 2.1\nName: oar-probe-pkg\nVersion: 0.1\n")
+        z.writestr(info + "WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(info + "RECORD", "")
+    (tmp_path / "other-0.1-cp27-cp27mu-manylinux1_x86_64.whl").write_bytes(b"")
+    code = ("import os, subprocess, sys; sys.path.insert(0, 'benchmarks'); import gpu_check; "
+            f"print(gpu_check.install_wheels({str(tmp_path)!r})); import oar_probe_pkg; print(oar_probe_pkg.X); "
+            "subprocess.run([sys.executable, '-c', 'import oar_probe_pkg'], check=True)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    note, x = r.stdout.strip().splitlines()[-2:]
+    assert note.startswith("1 installed into ") and "oar_probe_pkg-0.1" in note and "not for this Python: other-0.1" in note
+    assert x == "1"

@@ -227,7 +227,7 @@ def _import_note(module: str) -> str:
         return f"{module}: missing ({_why(e)})"
 
 
-def preflight_rows(ctx, budget, wheels_note=""):
+def preflight_rows(ctx, wheels_note):
     """What the machine is and what can run on it, before anything is timed."""
     import torch
     import triton
@@ -782,7 +782,7 @@ def main(argv=None) -> int:
     if skip - {s[0] for s in SECTIONS}:
         p.error(f"--skip: unknown sections {sorted(skip - {s[0] for s in SECTIONS})}")
 
-    t0 = time.monotonic()
+    t0, total = time.monotonic(), Budget(args.budget_s)  # the budget counts the start-up too
     signal.signal(signal.SIGTERM, _interrupt)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network on the GPU machine: fail at once, not after retries
     wheels_note = install_wheels(args.wheels)  # before any optional package is imported
@@ -813,9 +813,8 @@ def main(argv=None) -> int:
                 fh.write(render(rows, header + [f"(in progress, {time.monotonic() - t0:.0f} s)"]))
 
     ctx = Ctx(device, args.dry_run_cpu, 1 if args.dry_run_cpu else args.repeats, emit)
-    total = Budget(args.budget_s)
     try:
-        preflight_rows(ctx, total, wheels_note)
+        preflight_rows(ctx, wheels_note)
         for label, seconds, fn in SECTIONS:
             if label in skip:
                 continue

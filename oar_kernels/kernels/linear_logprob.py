@@ -176,8 +176,11 @@ def _chunk_dlogits_kernel(
 # on a spill). At 4 warps the 16-bit kernel with entropy hits the 255-register cap and spills;
 # the fp32 one at 8 warps and 3 stages is held to 80 registers by ptxas and spills, hence 2
 # stages and an explicit 160-register budget (128 spills with Triton 3.6 at N = D = V = 1).
-# Speed is measured by benchmarks/gpu_check.py.
-FWD_CONFIG = {"fp32": (32, 64, 32, 8, 2, 160), "16bit": (64, 128, 64, 8, 3, None)}
+# Speed, H200 with Triton 3.6 at N=8192 D=4096 V=131072 bf16, forward only (benchmarks/
+# RESULTS.md, 2026-12-04): 64x256x64 / 8 warps 21.0 ms, 128x128x64 / 8 warps 24.3 ms,
+# 64x128x64 / 4 warps 27.5 ms, 64x128x64 / 8 warps (the previous default) 37.9 ms; cuBLAS's
+# GEMM alone takes 11.8 ms, so the op's default forward is the chunked one, not this kernel.
+FWD_CONFIG = {"fp32": (32, 64, 32, 8, 2, 160), "16bit": (64, 256, 64, 8, 3, None)}
 
 
 def _empty(shape, device, dtype):

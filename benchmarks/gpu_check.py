@@ -441,6 +441,42 @@ def agreement_rows(ctx, x, fwd_fns):
         _free(ctx.device)
 
 
+def backward_axis_rows(ctx, budget, x):
+    """fused_linear_logprob fwd+bwd (default forward) with its backward over vocabulary blocks
+    (the default when N <= V: d weight written once) and forced over row chunks (d weight
+    accumulated in fp32 chunk after chunk, the backward before), same inputs, back to back."""
+    import torch
+
+    import oar_kernels as oar
+    from oar_kernels.ops import _lm_head_chunks as chunks
+
+    def run():
+        lp = oar.fused_linear_logprob(x.h, x.w, x.t, backend="triton")
+        return torch.autograd.grad((lp * x.g).sum(), (x.h, x.w))
+
+    got, default_axis = {}, chunks.grad_axis
+    for axis in ("vocab", "rows"):
+        if budget.left() < 10:
+            ctx.emit(_row("logprob bwd axis", x.label, f"{axis}: skipped (section budget spent)", ok=False, kind="skip"))
+            continue
+        chunks.grad_axis = lambda n, v, a=axis: a
+        try:
+            got[axis] = (time_call(run, ctx.device, ctx.repeats), peak_bytes(run, ctx.device))
+        except Exception as e:  # noqa: BLE001
+            ctx.emit(_err_row("logprob bwd axis", x.label, axis, e))
+            continue
+        finally:
+            chunks.grad_axis = default_axis
+            _free(ctx.device)
+        sec, mem = got[axis]
+        ctx.emit(_row("logprob bwd axis", x.label, f"backward over {axis}: fwd+bwd {sec * 1e3:.2f} ms, peak +{_mib(mem)}",
+                      sec * 1e3, "ms", kind="bench"))
+    if len(got) == 2:
+        (tv, mv), (tr, mr) = got["vocab"], got["rows"]
+        mem = "" if not (mv and mr) else f", memory {mv / mr:.2f}x"
+        ctx.emit(_row("logprob bwd axis", x.label, f"vocab / rows: time {tv / tr:.2f}x{mem}", tv / tr, "info", kind="ratio"))
+
+
 def published_rows(ctx, budget):
     """Our ops against eager at liger's published Hopper shape, before anything else is timed."""
     x = lm_inputs(ctx, PUBLISHED)
@@ -450,6 +486,7 @@ def published_rows(ctx, budget):
     del fwd_fns
     measure(ctx, budget, x, "logprob", OURS + ("eager",))
     model_rows(ctx, x)
+    backward_axis_rows(ctx, budget, x)
     measure(ctx, budget, x, "grpo_loss", ("oar", "eager"))
 
 
@@ -671,6 +708,8 @@ def fwd_config_rows(ctx, budget):
                  ("num_warps=8", base[:3] + (8,) + base[4:], None)]
         if dtype == torch.float32:
             cands += [("tf32x3", base, "tf32x3"), ("tf32", base, "tf32")]
+        else:  # the tiles measured on the H200 of 2026-12-04 (benchmarks/RESULTS.md)
+            cands += [("128x128", (128, 128, 64, 8, 3, None), None), ("64x128", (64, 128, 64, 8, 3, None), None)]
         distinct = {}
         for name, cfg, prec in cands:  # one run per distinct (config, precision)
             distinct.setdefault((cfg, prec), name)

@@ -33,6 +33,8 @@ def test_dry_run_every_section_with_liger_hidden(tmp_path):
         assert any(ln.startswith("| logprob |") and f"| {mode}: fwd+bwd " in ln for ln in rows), mode
     for p in ("fused fwd", "chunked fwd", "bwd"):
         assert any(ln.startswith("| traffic model |") and f"| {p}: " in ln for ln in rows), p
+    for axis in ("vocab", "rows"):  # the backward's two axes, timed back to back
+        assert any(ln.startswith("| logprob bwd axis |") and f"| backward over {axis}: fwd+bwd " in ln for ln in rows), axis
     assert any("liger_kernel: missing (ImportError: liger_kernel hidden" in ln for ln in rows)
     assert any("| liger: missing (" in ln for ln in rows)  # the baseline rows say so too
     assert any(ln.startswith("| kernel tests |") and "tests collected" in ln for ln in rows)

@@ -82,6 +82,10 @@ class LMHead:
     def inv_t(self) -> float:
         return 1.0 / self.temperature
 
+    def operand(self, x: torch.Tensor) -> torch.Tensor:
+        """x as a GEMM operand: as it is for cuBLAS, else in the compute dtype."""
+        return x if self.native_gemm else x.to(self.cd)
+
 
 # ----------------------------------------------------------------------------- GEMM helpers
 
@@ -148,6 +152,19 @@ def _flat_view(buf: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return buf[: rows * cols].view(rows, cols)
 
 
+def _logits(h_mm, w_mm, bias, buf) -> torch.Tensor:
+    """Raw logits h_mm @ w_mm.T (+ bias) written into the front of the flat buffer buf."""
+    z = _flat_view(buf, h_mm.shape[0], w_mm.shape[0])
+    mm_into(h_mm, w_mm.t(), z)
+    if bias is not None:
+        z.add_(bias)
+    return z
+
+
+def _view(buf, rows, cols):
+    return None if buf is None else _flat_view(buf, rows, cols)
+
+
 # ----------------------------------------------------------------------------- forward
 
 
@@ -156,21 +173,16 @@ def forward_stats(head: LMHead, entropy: bool):
     hidden, weight, targets = head.hidden, head.weight, head.targets
     N, V, dev, cd = hidden.shape[0], weight.shape[0], hidden.device, head.cd
     rows = chunk_rows(N, V, dev)
-    w_mm = weight if head.native_gemm else weight.to(cd)
+    w_mm = head.operand(weight)
     bias = None if head.bias is None else head.bias.to(cd)
     logp = torch.empty(N, device=dev, dtype=cd)
     ent = torch.empty(N, device=dev, dtype=cd) if entropy else None
     lse = torch.empty(N, device=dev, dtype=cd)
-    zbuf = torch.empty(rows * V, device=dev, dtype=cd)
-    scratch = torch.empty(rows * V, device=dev, dtype=cd) if (entropy and not head.use_triton) else None
+    zbuf, _, scratch = _buffers(head, rows, V, entropy, grads=False)
     for start in range(0, N, rows):
         sl = slice(start, min(N, start + rows))
         n = sl.stop - sl.start
-        z = _flat_view(zbuf, n, V)
-        h_c = hidden[sl] if head.native_gemm else hidden[sl].to(cd)
-        mm_into(h_c, w_mm.t(), z)
-        if bias is not None:
-            z.add_(bias)
+        z = _logits(head.operand(hidden[sl]), w_mm, bias, zbuf)
         if head.use_triton:
             from ..kernels.linear_logprob import chunk_stats
 
@@ -178,8 +190,7 @@ def forward_stats(head: LMHead, entropy: bool):
         else:
             if head.inv_t != 1.0:
                 z.mul_(head.inv_t)
-            zt, lse_c, ent_c = block_stats(z, targets[sl], entropy, None if scratch is None else _flat_view(scratch, n, V),
-                                           keep=False)
+            zt, lse_c, ent_c = block_stats(z, targets[sl], entropy, _view(scratch, n, V), keep=False)
         lse[sl] = lse_c
         logp[sl] = zt - lse_c
         if entropy:
@@ -266,12 +277,13 @@ def gradients(head: LMHead, lse, g_logp, g_ent=None, ent=None, *, need_dh=True, 
     return dh, dw, db
 
 
-def _buffers(head: LMHead, n: int, v: int, entropy: bool):
-    """The flat logits buffer, the 16-bit d logits buffer (cuBLAS operands) and the torch
-    path's scratch for one block of n x v."""
+def _buffers(head: LMHead, n: int, v: int, entropy: bool, grads: bool = True):
+    """The flat logits buffer, the 16-bit d logits buffer (cuBLAS operands of the gradient
+    GEMMs) and the torch path's scratch for one block of n x v."""
     dev, cd = head.hidden.device, head.cd
     zbuf = torch.empty(n * v, device=dev, dtype=cd)
-    dzbuf = torch.empty(n * v, device=dev, dtype=head.hidden.dtype) if (head.native_gemm and head.hidden.dtype != cd) else None
+    half = head.native_gemm and head.hidden.dtype != cd
+    dzbuf = torch.empty(n * v, device=dev, dtype=head.hidden.dtype) if (grads and half) else None
     scratch = torch.empty(n * v, device=dev, dtype=cd) if (entropy and not head.use_triton) else None
     return zbuf, dzbuf, scratch
 
@@ -280,19 +292,14 @@ def _vocab_pass(head: LMHead, grads: _Grads, lse, g, g_ent, ent):
     hidden, weight, targets = head.hidden, head.weight, head.targets
     N, V = hidden.shape[0], weight.shape[0]
     cols = chunk_cols(N, V, hidden.device)
-    h_mm = hidden if head.native_gemm else hidden.to(head.cd)
+    h_mm = head.operand(hidden)
     zbuf, dzbuf, scratch = _buffers(head, N, cols, g_ent is not None)
     for v0 in range(0, V, cols):
         vs = slice(v0, min(V, v0 + cols))
         v = vs.stop - vs.start
-        w_blk = weight[vs] if head.native_gemm else weight[vs].to(head.cd)
-        z = _flat_view(zbuf, N, v)
-        mm_into(h_mm, w_blk.t(), z)
-        if head.bias is not None:
-            z.add_(head.bias[vs].to(head.cd))
-        dz = _dlogits(head, z, targets, lse, g, g_ent, ent,
-                      None if dzbuf is None else _flat_view(dzbuf, N, v),
-                      None if scratch is None else _flat_view(scratch, N, v), v0)
+        w_blk = head.operand(weight[vs])
+        z = _logits(h_mm, w_blk, None if head.bias is None else head.bias[vs].to(head.cd), zbuf)
+        dz = _dlogits(head, z, targets, lse, g, g_ent, ent, _view(dzbuf, N, v), _view(scratch, N, v), v0)
         grads.add_vocab_block(dz, vs, h_mm, w_blk)
 
 
@@ -300,20 +307,16 @@ def _row_pass(head: LMHead, grads: _Grads, lse, g, g_ent, ent):
     hidden, weight, targets = head.hidden, head.weight, head.targets
     N, V = hidden.shape[0], weight.shape[0]
     rows = chunk_rows(N, V, hidden.device)
-    w_mm = weight if head.native_gemm else weight.to(head.cd)
+    w_mm = head.operand(weight)
     bias = None if head.bias is None else head.bias.to(head.cd)
     zbuf, dzbuf, scratch = _buffers(head, rows, V, g_ent is not None)
     for start in range(0, N, rows):
         sl = slice(start, min(N, start + rows))
         n = sl.stop - sl.start
-        h_c = hidden[sl] if head.native_gemm else hidden[sl].to(head.cd)
-        z = _flat_view(zbuf, n, V)
-        mm_into(h_c, w_mm.t(), z)
-        if bias is not None:
-            z.add_(bias)
+        h_c = head.operand(hidden[sl])
+        z = _logits(h_c, w_mm, bias, zbuf)
         dz = _dlogits(head, z, targets[sl], lse[sl], g[sl], None if g_ent is None else g_ent[sl],
-                      None if ent is None else ent[sl], None if dzbuf is None else _flat_view(dzbuf, n, V),
-                      None if scratch is None else _flat_view(scratch, n, V), None)
+                      None if ent is None else ent[sl], _view(dzbuf, n, V), _view(scratch, n, V), None)
         grads.add_row_chunk(dz, sl, h_c, w_mm)
 
 
@@ -332,7 +335,7 @@ def loss_pass(head: LMHead, loss_grad: Callable[[slice, torch.Tensor], Optional[
     N, V, cd = hidden.shape[0], weight.shape[0], head.cd
     rows = chunk_rows(N, V, hidden.device)
     grads = _Grads(head, "rows", need_dh, need_dw, need_db and head.bias is not None)
-    w_mm = weight if head.native_gemm else weight.to(cd)
+    w_mm = head.operand(weight)
     bias = None if head.bias is None else head.bias.to(cd)
     logp = torch.empty(N, device=hidden.device, dtype=cd)
     zbuf, dzbuf, scratch = _buffers(head, rows, V, True)  # the torch stats keep z: scratch
@@ -340,12 +343,9 @@ def loss_pass(head: LMHead, loss_grad: Callable[[slice, torch.Tensor], Optional[
     for start in range(0, N, rows):
         sl = slice(start, min(N, start + rows))
         n = sl.stop - sl.start
-        h_c = hidden[sl] if head.native_gemm else hidden[sl].to(cd)
+        h_c = head.operand(hidden[sl])
         t_c = targets[sl]
-        z = _flat_view(zbuf, n, V)
-        mm_into(h_c, w_mm.t(), z)
-        if bias is not None:
-            z.add_(bias)
+        z = _logits(h_c, w_mm, bias, zbuf)
         if head.use_triton:
             from ..kernels.linear_logprob import chunk_stats
 
@@ -353,12 +353,12 @@ def loss_pass(head: LMHead, loss_grad: Callable[[slice, torch.Tensor], Optional[
         else:
             if head.inv_t != 1.0:
                 z.mul_(head.inv_t)
-            zt, lse_c, _ = block_stats(z, t_c, False, _flat_view(scratch, n, V), keep=True)
+            zt, lse_c, _ = block_stats(z, t_c, False, _view(scratch, n, V), keep=True)
         logp[sl] = zt.to(cd) - lse_c.to(cd)
         g = loss_grad(sl, logp[sl]) if grads.any else None
         if g is None:
             continue
         dz = _dlogits(head, z, t_c, lse_c.to(gd).contiguous(), g.to(gd).contiguous(), None, None,
-                      None if dzbuf is None else _flat_view(dzbuf, n, V), None, None, scaled=not head.use_triton)
+                      _view(dzbuf, n, V), None, None, scaled=not head.use_triton)
         grads.add_row_chunk(dz, sl, h_c, w_mm)
     return logp, grads.dh, grads.dw, grads.db

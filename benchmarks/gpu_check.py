@@ -17,14 +17,14 @@ default 400, caps them all, so the default run ends within 7 minutes and a rerun
                measured GEMM rate; the modes' log-probs checked against each other and eager;
                traffic_model's bytes and FLOPs of each pass next to its measured time.
   spot checks  (30) the ops against the references at small awkward shapes, fp32 and bf16.
-  kernel tests (150) `pytest --gpu -m kernels tests/` (tests/conftest.py) in a subprocess, its
+  kernel tests (90) `pytest --gpu -m kernels tests/` (tests/conftest.py) in a subprocess, its
                lines streamed; a dry run only collects.
-  baselines    (90) the other shape N=16384 D=2048 V=151936 and the other baselines at both
+  baselines    (150) the other shape N=16384 D=2048 V=151936 and the other baselines at both
                shapes (lm_head_baselines.py: TRL, liger, Cut Cross-Entropy, torch.compile'd
                eager), what compiles last; then a row per group: our best over the fastest. On
                sm_90 without cutlass, liger is its Triton path (the row says which; see
                lm_head_baselines.liger_logprob).
-  fwd configs  (20) each distinct candidate configuration of the fused forward kernel.
+  fwd configs  (40) each distinct candidate configuration of the fused forward kernel.
   foreign      (the rest) gpu_rows of bench_bilevel, bench_saliency, bench_importance, rl_step
                and bench_trainer, each with its own budget (FOREIGN), rows streamed as they come.
 
@@ -773,12 +773,16 @@ def foreign_rows(ctx, budget):
 
 
 # (name, seconds of its budget, function), after the preflight rows (no budget: a few seconds)
+# Budgets from the H200 run of 2026-12-04 (benchmarks/RESULTS.md): published 11 s, spot checks
+# 4 s, kernel tests 46 s, baselines 51 s with liger's GRPO loss and the torch.compile'd rows
+# still to go (their compiles take tens of seconds each), fwd configs 14 s with the fp32
+# candidates still to go, the other scripts 250 s.
 SECTIONS = (
     ("published", 60, published_rows),
     ("spot checks", 30, spot_check_rows),
-    ("kernel tests", 150, kernel_test_rows),
-    ("baselines", 90, baseline_rows),
-    ("fwd configs", 20, fwd_config_rows),
+    ("kernel tests", 90, kernel_test_rows),
+    ("baselines", 150, baseline_rows),
+    ("fwd configs", 40, fwd_config_rows),
     ("foreign", 400, foreign_rows),
 )
 

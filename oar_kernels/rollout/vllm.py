@@ -8,7 +8,7 @@ as `model.state_dict()` gives them), then the prefix cache is reset so no stale 
 from __future__ import annotations
 
 import inspect
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -35,13 +35,76 @@ class WeightSyncExtension:
         # same layerwise sequence vLLM's own weight-transfer engines wrap around load_weights.
         # (vLLM 0.32 logs "RotaryEmbedding: Failed to load weights" on every reload: the rotary
         # cos/sin cache is not a checkpoint tensor, and vLLM keeps the existing one. Harmless.)
-        runner_reload = getattr(self.model_runner, "reload_weights", None)
-        if runner_reload is not None and "weights_iterator" in inspect.signature(runner_reload).parameters:
-            # the Worker's method: sets the current vLLM config, then calls the runner's
+        path = reload_path(self)
+        if path == "worker.reload_weights":
+            # the Worker's method: sets the current vLLM config, then calls the model runner's
             self.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+        elif path == "model_runner.reload_weights":
+            # a worker without the wrapper (none in vLLM 0.31-0.34): set the config as it would
+            runner_reload = self.model_runner.reload_weights
+            try:
+                from vllm.config import set_current_vllm_config
+            except ImportError:
+                runner_reload(weights_iterator=weights, is_checkpoint_format=True)
+            else:
+                with set_current_vllm_config(self.vllm_config):
+                    runner_reload(weights_iterator=weights, is_checkpoint_format=True)
         else:
-            # older vLLM without in-place reload (GPU only then): the former documented RLHF path
+            # no in-place reload anywhere (GPU only then): the former documented RLHF path
             self.model_runner.model.load_weights(weights=list(weights))
+        return path
+
+
+# Where vLLM 0.31-0.34 keep the in-place reload (read from the wheels; see docs/training.md):
+#   Worker.reload_weights (vllm/v1/worker/gpu_worker.py; CPUWorker and XPUWorker inherit it):
+#     0.31-0.33 `(*args, **kwargs)`, forwarding to the model runner's under the current config;
+#     0.34 `(weights_iterator=None, weights_path=None, is_checkpoint_format=True)`, passed on
+#     to the runner's positionally.
+#   Model runner reload_weights `(weights_iterator=None, weights_path=None,
+#     is_checkpoint_format=True)`: the V1 runner (gpu_model_runner.py, base of the V1 CPU runner)
+#     in 0.31-0.33; the V2 runner (gpu/model_runner.py, base of the V2 CPU runner) in 0.32-0.34;
+#     0.34's standalone CPU runner. The 0.31 V2 runner (the default on CUDA with Triton) declares
+#     `(*args, **kwargs)` and forwards to the V1 method. 0.34 drops gpu_model_runner.py and moves
+#     the layerwise reload into vllm/model_executor/model_loader/reload/ (inplace.py's
+#     `reload_weights(vllm_config, model, ...)`, which the runner calls).
+# So the probe asks whether a method can take `weights_iterator` (by name or through **kwargs);
+# a parameter list without it (the disk-only `reload_weights(self)` of older vLLM) cannot.
+def _takes_weights_iterator(fn) -> bool:
+    if not callable(fn):
+        return False
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "weights_iterator" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def reload_path(worker) -> str:
+    """How `oar_load_weights` loads weights into this worker: "worker.reload_weights",
+    "model_runner.reload_weights" (the worker has no method of its own) or "model.load_weights"
+    (no in-place reload: a bare load, without the layerwise restore and re-processing).
+
+    The worker's method needs the runner's (every Worker.reload_weights read forwards to it)."""
+    runner = getattr(worker, "model_runner", None)
+    if not _takes_weights_iterator(getattr(runner, "reload_weights", None)):
+        return "model.load_weights"
+    if _takes_weights_iterator(getattr(worker, "reload_weights", None)):
+        return "worker.reload_weights"
+    return "model_runner.reload_weights"
+
+
+_PATH_NOTE = {
+    "worker.reload_weights": "in-place layerwise reload",
+    "model_runner.reload_weights": "in-place layerwise reload, the worker has no reload_weights",
+    "model.load_weights": "bare load, no layerwise reload: this vLLM has no reload_weights(weights_iterator=...)",
+}
+
+
+def weight_sync_log_line(version: str, paths) -> str:
+    """The one line logged at the first weight sync: the vLLM version and the path(s) taken."""
+    paths = sorted({str(p) for p in paths}) or ["unknown"]
+    notes = "; ".join(f"{p} ({_PATH_NOTE.get(p, 'unknown path')})" for p in paths)
+    return f"[oar] vLLM {version}: weights sync through {notes}"
 
 
 def _pack(tensor: torch.Tensor):
@@ -56,12 +119,15 @@ def _unpack(dtype: str, shape, raw: bytes) -> torch.Tensor:
 
 class VLLMRollout:
     def __init__(self, model_path: str, tokenizer, seed: int = 0, gpu_memory_utilization: float = 0.3,
-                 dtype: str = "auto", max_model_len: Optional[int] = None, **llm_kwargs):
+                 dtype: str = "auto", max_model_len: Optional[int] = None,
+                 log: Callable[[str], None] = print, **llm_kwargs):
         try:
             from vllm import LLM, SamplingParams  # noqa: F401  (lazy: vllm is optional)
         except ImportError as err:
             raise ValueError("rollout: 'vllm' needs the vllm package (pip install 'oar_kernels[vllm]')") from err
         self.tokenizer = tokenizer
+        self._log = log
+        self._sync_logged = False
         kwargs = dict(model=model_path, tokenizer=model_path, seed=seed, dtype=dtype,
                       gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True,
                       worker_extension_cls=f"{__name__}.WeightSyncExtension")
@@ -106,6 +172,17 @@ class VLLMRollout:
         # Goes through host memory: simple and exact. CUDA IPC handles would avoid the copy for a
         # colocated engine; not needed at the sizes this trainer targets on one GPU.
         packed = [(name, *_pack(p)) for name, p in model.state_dict().items()]
-        self.llm.collective_rpc("oar_load_weights", args=(packed,))
+        paths = self.llm.collective_rpc("oar_load_weights", args=(packed,))
+        if not self._sync_logged:  # once per run: which vLLM and which reload path
+            self._sync_logged = True
+            self._log(weight_sync_log_line(_vllm_version(), paths or []))
         if hasattr(self.llm, "reset_prefix_cache"):
             self.llm.reset_prefix_cache()
+
+
+def _vllm_version() -> str:
+    try:
+        import vllm
+    except ImportError:
+        return "unknown"
+    return str(getattr(vllm, "__version__", "unknown"))

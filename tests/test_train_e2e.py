@@ -198,7 +198,8 @@ def test_fused_lm_head_logp_equals_logits_path():
 
 def test_fused_lm_head_choice(tiny_model, tmp_path):
     """auto picks the fused path only for large vocabularies; 'on' trains the same as 'off'."""
-    from oar_kernels.train.update import FUSED_MIN_VOCAB, fused_lm_head
+    from oar_kernels.ops.fused_head_rule import FUSED_MIN_VOCAB
+    from oar_kernels.train.update import fused_lm_head
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
@@ -207,7 +208,7 @@ def test_fused_lm_head_choice(tiny_model, tmp_path):
     assert fused_lm_head(model, tiny_config(tiny_model, tmp_path, fused_lm_head="on")) is model.get_output_embeddings()
     # a large vocabulary: on CPU, auto streams the head only once the logits would reach 1 GiB
     from transformers import LlamaConfig, LlamaForCausalLM
-    from oar_kernels.train.update import FUSED_CPU_MIN_BYTES
+    from oar_kernels.ops.fused_head_rule import FUSED_CPU_MIN_BYTES
 
     big = LlamaForCausalLM(LlamaConfig(vocab_size=FUSED_MIN_VOCAB, hidden_size=8, intermediate_size=16,
                                        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
@@ -215,6 +216,15 @@ def test_fused_lm_head_choice(tiny_model, tmp_path):
     assert fused_lm_head(big, tiny_config(tiny_model, tmp_path), tokens - 1) is None
     assert fused_lm_head(big, tiny_config(tiny_model, tmp_path), tokens) is big.get_output_embeddings()
     assert fused_lm_head(big, tiny_config(tiny_model, tmp_path, fused_lm_head="off"), tokens) is None
+    # the --help text states the rule with the numbers the code uses
+    import dataclasses
+
+    from oar_kernels.ops.fused_head_rule import AUTO_RULE
+    from oar_kernels.train import TrainConfig
+
+    help_text = {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}["fused_lm_head"]
+    assert AUTO_RULE in help_text and str(FUSED_MIN_VOCAB) in AUTO_RULE
+    assert f"{FUSED_CPU_MIN_BYTES / 2 ** 30:g} GiB" in AUTO_RULE
     runs = {}
     for mode in ("off", "on"):
         out = tmp_path / mode

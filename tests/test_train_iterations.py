@@ -8,7 +8,7 @@ import torch
 
 from oar_kernels.train import from_dict, train
 from oar_kernels.train.distributed import Dist
-from oar_kernels.train.generation import Rollout
+from oar_kernels.train.generation import Rollout, SampledRow
 from oar_kernels.train.loop import Run
 from oar_kernels.train.update import update
 from tiny_models import metrics_rows as rows_of, trainer_settings
@@ -36,9 +36,10 @@ def _run_and_batch(model_path, **cfg_over):
     prompts = ["What is 2 + 3?\n", "What is 7 + 1?\n"]
     texts = ["2 + 3 = 5\nThe answer is 5.", "2 + 3 = 6\nThe answer is 6.", "7 + 1 = 8\nThe answer is 8.",
              "7 + 1 = 9\nThe answer is 9. ok"]
-    rows = [(tok.encode(prompts[i // 2], add_special_tokens=False),
-             tok.encode(t, add_special_tokens=False) + [tok.eos_token_id], t, False) for i, t in enumerate(texts)]
-    C = max(len(r[1]) for r in rows)
+    rows = [SampledRow(tok.encode(prompts[i // 2], add_special_tokens=False),
+                       tok.encode(t, add_special_tokens=False) + [tok.eos_token_id], t, False)
+            for i, t in enumerate(texts)]
+    C = max(len(r.response_ids) for r in rows)
     g = torch.Generator().manual_seed(0)
     weights = 0.5 + torch.rand((4, C), generator=g)
     batch = Rollout(index=0, prompts=[prompts[i // 2] for i in range(4)], answers=["5", "5", "8", "8"], rows=rows,
@@ -50,7 +51,7 @@ def _run_and_batch(model_path, **cfg_over):
 
 def _plain_logp(model, rows, temperature):
     """[B, C] log-probs of each response token, one row at a time, from the logits (no padding)."""
-    C = max(len(r[1]) for r in rows)
+    C = max(len(r.response_ids) for r in rows)
     out = torch.zeros((len(rows), C))
     mask = torch.zeros((len(rows), C), dtype=torch.bool)
     per_row = []

@@ -50,6 +50,7 @@ import torch
 
 from .._checks import check_choice, check_number
 from ..segments import Segments
+from ..ops.fused_head_rule import fused_pays_off, plain_linear_head
 from ._common import (
     PFinalLayout,
     apply_head,
@@ -135,8 +136,8 @@ class OARGStep:
             cotangent pulled back through the policy graph (one graph only, so the least
             memory); differs from the oracle by a relative O(noise_std).
         fused_head: the policy log-probs through oar.fused_linear_logprob instead of logits
-            (None: automatically, for plain linear heads with vocabularies >= 32768 on GPUs, and
-            on CPU once the [tokens, V] logits would reach 1 GiB).
+            (None: automatically, by ops.fused_head_rule.AUTO_RULE: plain linear heads with
+            vocabularies >= 32768, on CPU once the [tokens, V] logits would reach 1 GiB).
         temperature: the policy log-probs (logp, the loss's) are taken of logits / temperature,
             the sampling temperature, as a GRPO trainer does; P_final (the saliency) always
             uses the model's own logits, as the oracles do.
@@ -171,8 +172,7 @@ class OARGStep:
         self.kl_grad = kl_grad
         if fused_head is not None and not isinstance(fused_head, bool):
             raise ValueError(f"fused_head: expected None, True or False, got {fused_head!r}")
-        if fused_head and not (isinstance(self.head, torch.nn.Linear)
-                               and not getattr(getattr(model, "config", None), "final_logit_softcapping", None)):
+        if fused_head and plain_linear_head(model, self.head) is None:
             raise ValueError("fused_head: True needs a plain nn.Linear LM head without final_logit_softcapping")
         self.fused_head = fused_head
         check_number("temperature", temperature, lo=0.0)
@@ -288,24 +288,12 @@ class OARGStep:
         del cache
         return OARGOutput(logp, mask, scores, score_mask, weights)
 
-    FUSED_MIN_VOCAB = 32768  # from here on the [B, N, V] logits of the policy forward dominate memory
-    # On CPU the streamed head is slower than one [tokens, V] matmul (SmolLM2-135M, 2 x 257
-    # response tokens: +0.3 s of an 8.4 s OAR-G step) and memory is rarely short: there it is
-    # only used once the logits would pass this size.
-    FUSED_CPU_MIN_BYTES = 1 << 30
-
     def _fused_head(self, head, num_tokens: int = 0) -> bool:
-        """The policy log-probs go through oar.fused_linear_logprob (fused_head=None: for plain
-        linear heads without final logit soft-capping, of vocabularies >= FUSED_MIN_VOCAB on
-        GPUs, and on CPU where the [num_tokens, V] float32 logits reach FUSED_CPU_MIN_BYTES)."""
+        """The policy log-probs go through oar.fused_linear_logprob (fused_head=None: by
+        ops.fused_head_rule.AUTO_RULE)."""
         if self.fused_head is not None:
             return self.fused_head
-        cap = getattr(getattr(self.model, "config", None), "final_logit_softcapping", None)
-        if not isinstance(head, torch.nn.Linear) or cap or head.out_features < self.FUSED_MIN_VOCAB:
-            return False
-        if head.weight.device.type == "cpu":
-            return num_tokens * head.out_features * 4 >= self.FUSED_CPU_MIN_BYTES
-        return True
+        return plain_linear_head(self.model, head) is not None and fused_pays_off(head, num_tokens)
 
     # ------------------------------------------------------------------------------------
     def _branch(self, rows, order, layout, cache, hidden, T, device, responses) -> torch.Tensor:

@@ -19,6 +19,7 @@ import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Literal, Optional, Set, Tuple
 
+from ..ops.fused_head_rule import AUTO_RULE
 from ..segments import DEFAULT_CONCLUDE_TEXT
 
 
@@ -75,7 +76,7 @@ class TrainConfig:
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0: off)")
     fused_lm_head: Literal["auto", "on", "off"] = _f(
         "auto", "policy log-probs with oar.fused_linear_logprob, never building the [tokens, vocab] logits: "
-        "'auto' for vocabularies >= 32768")
+        f"'auto' for {AUTO_RULE}")
     epsilon: float = _f(0.2, "lower clip range of the ratio")
     epsilon_high: Optional[float] = _f(None, "upper clip range; None: the same as epsilon")
     beta: float = _f(0.0, "KL penalty coefficient against the initial policy (0: no reference model)")

@@ -11,7 +11,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
 
 import torch
 
@@ -27,11 +27,19 @@ def derive_seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
 
 
+class SampledRow(NamedTuple):
+    """One sampled response and the prompt it answers."""
+    prompt_ids: List[int]
+    response_ids: List[int]  # EOS included when the response ended
+    text: str
+    truncated: bool  # stopped at max_completion_length
+
+
 @dataclass
 class Rollout:
     """One generation batch of this process: what every update on it needs.
 
-    rows[i] = (prompt token ids, response token ids with EOS, response text, truncated).
+    rows: the sampled responses, in prompt-major order (num_generations per prompt).
     weights / reasoning: [rows, C] OAR weights (1 outside the reasoning) and the reasoning mask,
     set once per batch (by the first update on the one-forward OAR-G path). old_logp: [rows, C]
     log-probs of the sampling policy, kept from the first update for the later ones
@@ -40,7 +48,7 @@ class Rollout:
     index: int
     prompts: List[str]
     answers: List[str]
-    rows: List[tuple]
+    rows: List[SampledRow]
     rewards: torch.Tensor
     correct: torch.Tensor
     advantages: torch.Tensor
@@ -54,21 +62,22 @@ class Rollout:
 
     @property
     def width(self) -> int:
-        return max(max(len(r[1]) for r in self.rows), 1)
+        return max(max(len(r.response_ids) for r in self.rows), 1)
 
     def to_state(self) -> Dict[str, Any]:
-        """What a checkpoint taken between two updates on this batch keeps."""
-        return {**vars(self), "segments": None}
+        """What a checkpoint taken between two updates on this batch keeps (rows as plain tuples:
+        a checkpoint does not depend on this module's classes)."""
+        return {**vars(self), "rows": [tuple(r) for r in self.rows], "segments": None}
 
     @classmethod
     def from_state(cls, state: Dict[str, Any]) -> "Rollout":
-        return cls(**state)
+        return cls(**{**state, "rows": [SampledRow(*r) for r in state["rows"]]})
 
 
-def sample(model, tokenizer, prompts: List[str], cfg: TrainConfig, seeds: List[int], greedy=False, vllm=None):
-    """Per-row (prompt token list, response token list with EOS, text, truncated) for each prompt
-    repeated num_generations times (once when greedy); one generate call per chunk of
-    generation_batch_size completions, seeded with seeds[chunk]."""
+def sample(model, tokenizer, prompts: List[str], cfg: TrainConfig, seeds: List[int], greedy=False,
+           vllm=None) -> List[SampledRow]:
+    """A SampledRow for each prompt repeated num_generations times (once when greedy); one
+    generate call per chunk of generation_batch_size completions, seeded with seeds[chunk]."""
     from ..rollout import generate_hf
 
     synced = cfg.fsdp and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -83,7 +92,7 @@ def sample(model, tokenizer, prompts: List[str], cfg: TrainConfig, seeds: List[i
             r = generate_hf(model, tokenizer, chunk, G, cfg.max_completion_length, cfg.temperature, cfg.top_p,
                             greedy=greedy, seed=None if greedy else seeds[c], synced_gpus=synced)
         for i in range(len(r.completions)):
-            rows.append((r.prompt_tokens(i), r.response_ids(i), r.completions[i], bool(r.truncated[i])))
+            rows.append(SampledRow(r.prompt_tokens(i), r.response_ids(i), r.completions[i], bool(r.truncated[i])))
     return rows
 
 
@@ -107,7 +116,7 @@ def generate(run, index: int) -> "Rollout":
     run.model.eval()
     rows = sample(run.model, run.tokenizer, prompts, cfg, seeds, vllm=run.vllm)
 
-    texts = [r[2] for r in rows]
+    texts = [r.text for r in rows]
     answers = [e.answer for e in examples for _ in range(G)]
     prompts_rep = [p for p in prompts for _ in range(G)]
     rewards = torch.tensor(run.reward_fn(prompts_rep, texts, answers), dtype=torch.float32)
@@ -133,6 +142,6 @@ def evaluate(model, tokenizer, examples, cfg: TrainConfig, dist: Dist, chunk: in
         rows = sample(model, tokenizer, [format_prompt(e.question, cfg.prompt_template) for e in part or examples[:1]],
                       cfg, [0], greedy=True)
         if part:
-            correct += sum(accuracy_reward([], [r[2] for r in rows], [e.answer for e in part]))
+            correct += sum(accuracy_reward([], [r.text for r in rows], [e.answer for e in part]))
     t = dist.sum(torch.tensor([correct, float(len(mine))], dtype=torch.float64))
     return float(t[0] / max(t[1], 1.0))

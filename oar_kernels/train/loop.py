@@ -16,14 +16,14 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 import torch
 
 from ..data import load_task
-from ..data.base import describe_task
-from ..rewards import load_reward_fn
+from ..data.base import Example, Task, describe_task
+from ..rewards import RewardFn, load_reward_fn
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig, dump_config, validate
 from .distributed import (Dist, load_optim_state, model_state, optim_state, resolve_device, set_cpu_threads,
@@ -37,6 +37,11 @@ from .run_folder import check_new_run_folder, clear_outputs, restore_config
 from .update import make_optimizer, update
 from .weights import weigh_rollout
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from ..rollout.vllm import VLLMRollout
+
 
 @dataclass
 class Run:
@@ -45,16 +50,16 @@ class Run:
     cfg: TrainConfig
     dist: Dist
     device: torch.device
-    model: Any
-    wrapped: Any  # the module the loss runs through (DDP / FSDP2 / the model)
-    tokenizer: Any
-    opt: Any
-    sched: Any
-    task: Any
-    eval_examples: list
-    reward_fn: Callable
-    ref_model: Any = None
-    vllm: Any = None
+    model: torch.nn.Module  # a transformers causal LM
+    wrapped: torch.nn.Module  # the module the loss runs through (DDP / FSDP2 / the model)
+    tokenizer: "PreTrainedTokenizerBase"
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    task: Task
+    eval_examples: List[Example]
+    reward_fn: RewardFn
+    ref_model: Optional[torch.nn.Module] = None  # the initial policy, for the KL term (beta > 0)
+    vllm: Optional["VLLMRollout"] = None
     batch: Optional[Rollout] = None
     shown: Dict[int, list] = field(default_factory=dict)  # step -> responses for weights.html
 
@@ -106,7 +111,7 @@ def seed_all(seed: int) -> None:
     random.seed(seed), np.random.seed(seed % 2**32), torch.manual_seed(seed)
 
 
-def load_data(cfg: TrainConfig, log) -> Tuple[Any, list]:
+def load_data(cfg: TrainConfig, log) -> Tuple[Task, List[Example]]:
     """(task, held-out examples); logs the data (skipped rows with line numbers and reasons, the
     real held-out count)."""
     task = load_task(cfg.dataset, cfg.eval_dataset or None, cfg.eval_size, cfg.seed)
@@ -120,7 +125,7 @@ def load_data(cfg: TrainConfig, log) -> Tuple[Any, list]:
 
 # -- set-up ---------------------------------------------------------------------------------
 
-def build_run(cfg: TrainConfig, dist: Dist, log, data: Optional[Tuple[Any, list]] = None) -> Run:
+def build_run(cfg: TrainConfig, dist: Dist, log, data: Optional[Tuple[Task, List[Example]]] = None) -> Run:
     """Device and threads, data (unless given: (task, held-out examples) loaded by the checks before
     any work), policy (and reference model), parallel wrapper, optimizer."""
     device = resolve_device(cfg, dist)

@@ -19,8 +19,8 @@ def step_metrics(run, batch: Rollout, upd: Dict[str, float], step: int, time_ste
     wv = batch.weights[batch.reasoning]  # weights of scored reasoning tokens
     sums = dist.sum(torch.tensor([
         float(batch.rewards.sum()), float(batch.correct.sum()), float(len(batch.rows)),
-        sum(len(r[1]) for r in batch.rows), sum(extract_answer(r[2]) is None for r in batch.rows),
-        sum(r[3] for r in batch.rows), float(wv.sum()), float((wv ** 2).sum()), float(wv.numel()),
+        sum(len(r.response_ids) for r in batch.rows), sum(extract_answer(r.text) is None for r in batch.rows),
+        sum(r.truncated for r in batch.rows), float(wv.sum()), float((wv ** 2).sum()), float(wv.numel()),
         float((wv > 1).sum()), float((wv < 1).sum()), float(batch.oar_responses),
     ], dtype=torch.float64)).tolist()
     reward, correct, n, length, no_answer, truncated, w_sum, w_sq, nw, boosted, suppressed, scored = sums
@@ -47,7 +47,7 @@ def weighted_samples(batch: Rollout, tokenizer, limit: int) -> List[Dict[str, An
     weights.png)."""
     out = []
     for i in [i for i in range(len(batch.rows)) if batch.reasoning[i].any()][:limit]:
-        resp = batch.rows[i][1]
+        resp = batch.rows[i].response_ids
         out.append({
             "prompt": batch.prompts[i], "reward": float(batch.rewards[i]), "advantage": float(batch.advantages[i]),
             "tokens": [tokenizer.decode([t], skip_special_tokens=False, clean_up_tokenization_spaces=False)

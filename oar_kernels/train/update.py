@@ -9,12 +9,14 @@ the ratio is 1 at every token, as in plain on-policy GRPO.
 from __future__ import annotations
 
 import inspect
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
 
 from .. import grpo_loss
+from ..ops.fused_head_rule import fused_pays_off, plain_linear_head
 from ..rollout import left_pad, right_pad
 from .config import TrainConfig
 from .distributed import no_sync
@@ -58,44 +60,59 @@ def completion_logp(model, input_ids, attention_mask, prompt_len: int, temperatu
     return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-FUSED_MIN_VOCAB = 32768  # fused_lm_head="auto": from here on the [tokens, V] logits dominate memory
-FUSED_CPU_MIN_BYTES = 1 << 30  # on CPU the streamed head is slower: auto uses it only past this size
-
-
 def fused_lm_head(model, cfg: TrainConfig, num_tokens: int = 0):
     """The output Linear when the update takes log-probs with the fused op (cfg.fused_lm_head),
-    else None. auto: vocabularies >= FUSED_MIN_VOCAB, for models whose logits are a plain linear
-    map of the last hidden state (no final logit soft-capping) and accept `logits_to_keep`; on
-    CPU only when the [num_tokens, V] float32 logits would reach FUSED_CPU_MIN_BYTES."""
+    else None. auto: ops.fused_head_rule.AUTO_RULE, for models that also accept
+    `logits_to_keep` (so the forward can skip the logits)."""
     if cfg.fused_lm_head == "off":
         return None
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    config = getattr(model, "config", None)
-    plain = (isinstance(head, torch.nn.Linear) and not getattr(config, "final_logit_softcapping", None)
-             and "logits_to_keep" in inspect.signature(model.forward).parameters)
+    head = plain_linear_head(model)
+    if head is not None and "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        head = None
     if cfg.fused_lm_head == "on":
-        if not plain:
+        if head is None:
             raise ValueError("fused_lm_head: 'on' needs a model whose logits are a plain nn.Linear of the last "
                              "hidden state (no final_logit_softcapping) and whose forward accepts logits_to_keep")
         return head
-    if not plain or head.out_features < FUSED_MIN_VOCAB:
-        return None
-    if head.weight.device.type == "cpu" and num_tokens * head.out_features * 4 < FUSED_CPU_MIN_BYTES:
-        return None
-    return head
+    return head if head is not None and fused_pays_off(head, num_tokens) else None
 
 
+@dataclass(frozen=True)
+class PaddedBatch:
+    """The generation batch as model inputs: prompts left-padded, responses right-padded."""
+    ids: torch.Tensor  # [B, Lp + C]
+    attention: torch.Tensor  # [B, Lp + C]
+    prompt_len: int  # Lp: the responses start at this column
+    loss_mask: torch.Tensor  # [B, C] response tokens in the loss (without truncated ones when masked)
 
 
-def padded(batch: Rollout, pad_id: int, cfg: TrainConfig):
-    """(input ids [B, Lp + C], attention mask, Lp, loss mask [B, C]) of the batch's rows:
-    prompts left-padded, responses right-padded to the batch's width."""
-    p_ids, p_mask = left_pad([r[0] for r in batch.rows], pad_id)
-    c_ids, c_mask = right_pad([r[1] for r in batch.rows], pad_id)
+@dataclass(frozen=True)
+class MicroBatch:
+    """Rows `rows` of a PaddedBatch: one forward + backward of the update."""
+    k: int  # its place among the step's micro-batches (the OAR-G noise of the one-forward path)
+    rows: torch.Tensor  # indices into the generation batch
+    ids: torch.Tensor
+    attention: torch.Tensor
+    loss_mask: torch.Tensor
+
+
+def padded(batch: Rollout, pad_id: int, cfg: TrainConfig) -> PaddedBatch:
+    p_ids, p_mask = left_pad([r.prompt_ids for r in batch.rows], pad_id)
+    c_ids, c_mask = right_pad([r.response_ids for r in batch.rows], pad_id)
     loss_mask = c_mask
     if cfg.mask_truncated_completions:
-        loss_mask = c_mask & ~torch.tensor([r[3] for r in batch.rows]).unsqueeze(1)
-    return torch.cat([p_ids, c_ids], dim=1), torch.cat([p_mask, c_mask], dim=1), p_ids.shape[1], loss_mask
+        loss_mask = c_mask & ~torch.tensor([r.truncated for r in batch.rows]).unsqueeze(1)
+    return PaddedBatch(torch.cat([p_ids, c_ids], dim=1), torch.cat([p_mask, c_mask], dim=1), p_ids.shape[1],
+                       loss_mask)
+
+
+def micro_batches(inputs: PaddedBatch, n: int) -> List[MicroBatch]:
+    """The batch's rows in `n` contiguous micro-batches (empty ones when n > rows)."""
+    out = []
+    for k, idx in enumerate(np.array_split(np.arange(inputs.ids.shape[0]), n)):
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        out.append(MicroBatch(k, idx, inputs.ids[idx], inputs.attention[idx], inputs.loss_mask[idx]))
+    return out
 
 
 def update(run, batch: Rollout, iteration: int) -> Dict[str, float]:
@@ -103,26 +120,49 @@ def update(run, batch: Rollout, iteration: int) -> Dict[str, float]:
     step's loss (summed over micro-batches and processes), clip ratio (of the whole step's
     tokens), gradient norm (before clipping) and learning rate. On-policy (the first update on a
     batch) the loss is about 0 whenever each response's weights have mean 1 (its value is
-    -mean_i A_i, and advantages are centred); its gradient is not."""
-    cfg, dist = run.cfg, run.dist
-    ids, att, Lp, mask = padded(batch, run.tokenizer.pad_token_id, cfg)
-    n_items = dist.sum(mask.sum().double()).item()  # the whole step's tokens: exact accumulation
+    -mean_i A_i, and advantages are centred); its gradient is not.
+
+    Writes to `batch`: old_logp (first iteration, when later ones need it) and, on the
+    one-forward OAR-G path, the weights and reasoning mask of the rows its forward scores."""
+    cfg, dist, device = run.cfg, run.dist, run.device
+    inputs = padded(batch, run.tokenizer.pad_token_id, cfg)
+    n_items = dist.sum(inputs.loss_mask.sum().double()).item()  # the whole step's tokens: exact accumulation
     if cfg.num_iterations > 1 and batch.old_logp is None:
-        batch.old_logp = torch.zeros(mask.shape)
+        batch.old_logp = torch.zeros(inputs.loss_mask.shape)
     run.model.train()
     run.opt.zero_grad(set_to_none=True)
-    head = fused_lm_head(run.model, cfg, ids.numel())
+    head = fused_lm_head(run.model, cfg, inputs.ids.numel())
+    ref_head = fused_lm_head(run.ref_model, cfg, inputs.ids.numel()) if cfg.beta > 0 else None
     oarg = _oarg_step(run, head is not None) if iteration == 0 and batch.segments is not None else None
     loss_sum, clipped = 0.0, 0.0
-    parts = np.array_split(np.arange(len(batch.rows)), cfg.gradient_accumulation_steps)
-    for k, idx in enumerate(parts):
-        with no_sync(run.wrapped, cfg, dist, sync=k == len(parts) - 1):
-            if len(idx) == 0:  # more micro-batches than rows: keep the collectives in step
+    parts = micro_batches(inputs, cfg.gradient_accumulation_steps)
+    for mb in parts:
+        with no_sync(run.wrapped, cfg, dist, sync=mb.k == len(parts) - 1):
+            if len(mb.rows) == 0:  # more micro-batches than rows: keep the collectives in step
                 sum(p.sum() * 0.0 for p in run.wrapped.parameters()).backward()
                 continue
-            idx = torch.as_tensor(idx, dtype=torch.long)
-            logp = _micro_batch_logp(run, batch, ids, att, Lp, idx, k, head, oarg)
-            loss, n_clipped = _micro_batch_loss(run, batch, logp, ids, att, Lp, mask, idx, iteration, n_items)
+            if oarg is None:
+                logp = completion_logp(run.wrapped, mb.ids.to(device), mb.attention.to(device), inputs.prompt_len,
+                                       cfg.temperature, lm_head=head)
+            else:  # the same forward yields these rows' OAR weights
+                out = _oarg_forward(run, batch, mb, oarg)
+                logp = out.logp
+                batch.weights[mb.rows, : logp.shape[1]] = out.weights.detach().float().cpu()
+                for i in mb.rows.tolist():
+                    batch.reasoning[i, : batch.segments[i].num_reasoning] = True
+            N = logp.shape[1]
+            old = None
+            if iteration > 0:
+                old = batch.old_logp[mb.rows, :N].to(device)
+            elif batch.old_logp is not None:  # the sampling policy's log-probs, for the later iterations
+                batch.old_logp[mb.rows, :N] = logp.detach().float().cpu()
+            ref = None
+            if cfg.beta > 0:
+                with torch.no_grad():
+                    ref = completion_logp(run.ref_model, mb.ids.to(device), mb.attention.to(device),
+                                          inputs.prompt_len, cfg.temperature, lm_head=ref_head)[:, :N]
+            loss, n_clipped = _loss_backward(run, logp, old, ref, batch.advantages[mb.rows],
+                                             batch.weights[mb.rows, :N], mb.loss_mask[:, :N], n_items)
         loss_sum += loss
         clipped += n_clipped
     grad_norm, lr = _optimizer_step(run)
@@ -139,47 +179,24 @@ def _oarg_step(run, fused_head: bool):
                     fused_head=fused_head, temperature=cfg.temperature)
 
 
-def _micro_batch_logp(run, batch: Rollout, ids, att, Lp, idx, k, head, oarg) -> torch.Tensor:
-    """[mb, N] log-probs of the micro-batch's responses. With the one-forward OAR-G step, the same
-    forward also yields the batch's OAR weights for these rows (same noise convention as the
-    separate path: one generator per micro-batch, scored rows in order)."""
-    cfg, device = run.cfg, run.device
-    if oarg is None:
-        return completion_logp(run.wrapped, ids[idx].to(device), att[idx].to(device), Lp, cfg.temperature,
-                               lm_head=head)
-    rows = idx.tolist()
-    gen = torch.Generator().manual_seed(noise_seed(cfg, run.dist, batch.index, k))
-    out = oarg([batch.segments[i] for i in rows], [torch.as_tensor(batch.rows[i][1], dtype=torch.long) for i in rows],
-               generator=gen)
-    N = out.logp.shape[1]
-    batch.weights[idx, :N] = out.weights.detach().float().cpu()
-    for i in rows:
-        batch.reasoning[i, : batch.segments[i].num_reasoning] = True
-    return out.logp
+def _oarg_forward(run, batch: Rollout, mb: MicroBatch, oarg):
+    """OARGOutput of the micro-batch's rows: their log-probs and OAR weights from one forward
+    (same noise convention as the separate path: one generator per micro-batch, rows in order)."""
+    rows = mb.rows.tolist()
+    gen = torch.Generator().manual_seed(noise_seed(run.cfg, run.dist, batch.index, mb.k))
+    return oarg([batch.segments[i] for i in rows],
+                [torch.as_tensor(batch.rows[i].response_ids, dtype=torch.long) for i in rows], generator=gen)
 
 
-def _micro_batch_loss(run, batch: Rollout, logp, ids, att, Lp, mask, idx, iteration, n_items) -> Tuple[float, float]:
-    """Backward of the micro-batch's share of the step's loss; (its loss, its clipped tokens)."""
+def _loss_backward(run, logp, old, ref, advantages, weights, mask, n_items) -> Tuple[float, float]:
+    """Backward of a micro-batch's share of the step's loss; (its loss, its clipped tokens)."""
     cfg, device = run.cfg, run.device
-    N = logp.shape[1]
-    old = None
-    if iteration > 0:
-        old = batch.old_logp[idx, :N].to(device)
-    elif batch.old_logp is not None:  # the sampling policy's log-probs, for the later iterations
-        batch.old_logp[idx, :N] = logp.detach().float().cpu()
-    ref = None
-    if cfg.beta > 0:
-        with torch.no_grad():
-            ref = completion_logp(run.ref_model, ids[idx].to(device), att[idx].to(device), Lp, cfg.temperature,
-                                  lm_head=fused_lm_head(run.ref_model, cfg, ids.numel()))[:, :N]
-    mb_mask = mask[idx, :N]
-    loss, m = grpo_loss(logp, old, batch.advantages[idx].to(device), mb_mask.to(device),
-                        weights=batch.weights[idx, :N].to(device), ref_logp=ref, epsilon=cfg.epsilon,
-                        epsilon_high=cfg.epsilon_high, beta=cfg.beta, loss_type=cfg.loss_type,
-                        max_completion_length=cfg.max_completion_length,
+    loss, m = grpo_loss(logp, old, advantages.to(device), mask.to(device), weights=weights.to(device),
+                        ref_logp=ref, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta,
+                        loss_type=cfg.loss_type, max_completion_length=cfg.max_completion_length,
                         num_sequences=cfg.prompts_per_step * cfg.num_generations, num_items_in_batch=n_items)
     (loss * run.dist.world).backward()  # DDP / FSDP average gradients over processes
-    return float(loss.detach()), float(m["clip_ratio"]) * float(mb_mask.sum())
+    return float(loss.detach()), float(m["clip_ratio"]) * float(mask.sum())
 
 
 def _optimizer_step(run) -> Tuple[float, float]:

@@ -16,7 +16,7 @@ from .. import bilevel_reshape, build_segments
 from ..segments import Segments
 from .config import TrainConfig
 from .distributed import Dist, full_parameters
-from .generation import Rollout, derive_seed, prompts_per_call
+from .generation import Rollout, SampledRow, derive_seed, prompts_per_call
 
 
 def importance_fns():
@@ -27,19 +27,20 @@ def importance_fns():
     return gradient_importance, perturbation_importance
 
 
-def scored_segments(rows, adv, tokenizer, cfg, answers=None) -> Tuple[List[int], List[Segments]]:
+def scored_segments(rows: List[SampledRow], adv, tokenizer, cfg, answers=None) -> Tuple[List[int], List[Segments]]:
     """(indices, Segments) of the rows OAR scores: nonzero advantage, an extractable answer (with
     cfg.answer_source 'reference': the data's answer `answers[i]` instead, every row) and some
     reasoning. Every other row keeps weight 1 at every position."""
+    rows = [SampledRow(*r) for r in rows]  # also plain (prompt ids, response ids, text, truncated) tuples
     picked, segs = [], []
     reference = getattr(cfg, "answer_source", "response") == "reference"
     if reference and answers is None:
         raise ValueError("answer_source 'reference': scored_segments needs the data's answers")
-    for i, (p, resp, text, _) in enumerate(rows):
+    for i, row in enumerate(rows):
         if float(adv[i]) == 0.0:
             continue
-        seg = build_segments(p, resp, tokenizer, conclude_text=cfg.resolved_conclude_text(), response_text=text,
-                             reference_answer=answers[i] if reference else None)
+        seg = build_segments(row.prompt_ids, row.response_ids, tokenizer, conclude_text=cfg.resolved_conclude_text(),
+                             response_text=row.text, reference_answer=answers[i] if reference else None)
         if (seg.answer_text is None and not reference) or seg.num_reasoning == 0:
             continue  # no extractable answer: every position keeps weight 1
         picked.append(i)
@@ -47,7 +48,7 @@ def scored_segments(rows, adv, tokenizer, cfg, answers=None) -> Tuple[List[int],
     return picked, segs
 
 
-def row_segments(rows, adv, tokenizer, cfg, answers) -> Tuple[List[int], List[Segments]]:
+def row_segments(rows: List[SampledRow], adv, tokenizer, cfg, answers) -> Tuple[List[int], List[Segments]]:
     """(scored indices, one Segments per row): the scored rows' segments, empty ones (weight 1)
     for the others, as importance.OARGStep takes them."""
     picked, segs = scored_segments(rows, adv, tokenizer, cfg, answers)
@@ -70,10 +71,10 @@ def use_oarg_step(cfg: TrainConfig, dist: Dist) -> bool:
     return True
 
 
-def oar_weights(model, tokenizer, rows, adv, cfg, seed, stats, answers=None):
+def oar_weights(model, tokenizer, rows: List[SampledRow], adv, cfg, seed, stats, answers=None):
     """[len(rows), C] weights on response positions: Bi-Level weights on each response's
     reasoning prefix, 1 elsewhere and for responses with no answer or zero advantage."""
-    C = max(max(len(r[1]) for r in rows), 1)
+    C = max(max(len(r[1]) for r in rows), 1)  # r.response_ids of a SampledRow or plain tuple
     weights = torch.ones((len(rows), C), dtype=torch.float32)
     reasoning = torch.zeros((len(rows), C), dtype=torch.bool)
     if cfg.algo == "grpo":

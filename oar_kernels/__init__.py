@@ -7,11 +7,14 @@
     loss, metrics = oar.grpo_loss(logp, old_logp, A, mask, weights=w_on_response_positions)
 
 Public names resolve lazily, so `import oar_kernels` stays cheap and pulls in neither
-transformers nor Triton until an op that needs them is used.
+transformers nor Triton until an op that needs them is used. It does import the small data
+and default-job modules (standard library only), so that the default job's generated task is
+registered with oar_kernels.data.load_task wherever the package is used.
 """
 from importlib import import_module
 
 from ._version import __version__
+from . import default_job as _default_job  # noqa: F401 (registers the generated tasks with data.load_task)
 
 # public name -> module that defines it (relative to this package)
 _EXPORTS = {

@@ -118,3 +118,36 @@ def test_the_ops_run_without_loading_the_oracles():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "[]"
+
+
+def imports_of_folder(folder: str, forbidden: str, package_root: Path = ROOT, package: str = PACKAGE) -> dict:
+    """{module: [modules under package.forbidden it imports]} for the modules of package.folder."""
+    bad, target = {}, f"{package}.{forbidden}"
+    for path in sorted((package_root / folder).rglob("*.py")):
+        mod = module_name(path, package_root, package)
+        names = imported_modules(path.read_text(encoding="utf-8"), mod, path.name == "__init__.py")
+        hits = sorted(n for n in names if n == target or n.startswith(target + "."))
+        if hits:
+            bad[mod] = hits
+    return bad
+
+
+def test_the_data_layer_does_not_import_the_default_job():
+    """data/ sits below default_job/: the default job registers its task with data.register_task."""
+    assert len(list((ROOT / "data").rglob("*.py"))) >= 3
+    assert imports_of_folder("data", "default_job") == {}
+
+
+
+def test_the_folder_check_sees_a_planted_import(tmp_path):
+    (tmp_path / "pkg" / "data").mkdir(parents=True)
+    (tmp_path / "pkg" / "data" / "x.py").write_text("def f():\n    from ..default_job.arithmetic import T\n")
+    (tmp_path / "pkg" / "data" / "y.py").write_text("from ..default_jobs import other\n")
+    assert imports_of_folder("data", "default_job", tmp_path / "pkg", "pkg") == {
+        "pkg.data.x": ["pkg.default_job.arithmetic", "pkg.default_job.arithmetic.T"]}
+
+
+def test_the_default_job_task_is_registered_wherever_the_package_is_used():
+    code = "from oar_kernels.data import load_task; print(type(load_task('arithmetic_plan:3-3')).__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ArithmeticTask", out.stderr[-2000:]

@@ -1,7 +1,8 @@
-"""Tasks for the trainer: loaders for real data, and load_task, which also builds the default job's
-generated arithmetic task (oar_kernels/default_job/arithmetic.py).
+"""Tasks for the trainer: loaders for real data, and load_task, which also builds the tasks
+other layers register by name (the default job's generated arithmetic task registers itself
+when oar_kernels.default_job is imported; the trainer imports it).
 
-    task = load_task("arithmetic")          # generated, unlimited, held-out split
+    task = load_task("arithmetic")          # generated (registered by oar_kernels.default_job)
     task = load_task("data/train.jsonl")    # local JSONL with question/answer fields
     task = load_task("hf:gsm8k")            # through `datasets` (optional dependency)
     task = load_task("gsm_symbolic")        # GSM8K-template problems from reasoning-gym, offline (optional)
@@ -10,14 +11,14 @@ Every task has train_example(seed, index) -> Example and eval_examples(n) -> [Ex
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Dict, Optional
 
-from .base import Example, ListTask
+from .base import Example, ListTask, Task
 from .loaders import load_hf_task, load_jsonl_task, read_jsonl, reference_answer, rows_to_examples
 
 DEFAULT_PROMPT_TEMPLATE = "{question}\n"
 
-__all__ = ["Example", "ListTask", "load_task", "load_jsonl_task", "load_hf_task",
+__all__ = ["Example", "ListTask", "Task", "load_task", "register_task", "load_jsonl_task", "load_hf_task",
            "read_jsonl", "reference_answer", "rows_to_examples", "format_prompt",
            "DEFAULT_PROMPT_TEMPLATE"]
 
@@ -26,31 +27,36 @@ def format_prompt(question: str, template: str = DEFAULT_PROMPT_TEMPLATE) -> str
     return template.format(question=question)
 
 
+# spec name (the part before ":") -> builder(spec) of a task defined outside data/
+_REGISTERED: Dict[str, Callable[[str], Task]] = {}
+
+
+def register_task(name: str, build: Callable[[str], Task]) -> None:
+    """Makes load_task(name) and load_task(f"{name}:ARGS") call build(spec)."""
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ValueError(f"name: expected a non-empty task name without ':', got {name!r}")
+    if not callable(build):
+        raise ValueError(f"build: expected a callable spec -> task, got {build!r}")
+    _REGISTERED[name] = build
+
+
 def load_task(spec: str, eval_dataset: Optional[str] = None, eval_size: int = 200, seed: int = 0):
     """A task from a spec string.
 
-    "arithmetic" or "arithmetic:MIN-MAX" (terms per problem): the generated task of
-        oar_kernels.default_job (ArithmeticTask);
-    "arithmetic_plan[:MIN-MAX]": the same with a plan line "Steps: K" opening every solution.
+    a registered name, e.g. "arithmetic[:MIN-MAX]" and "arithmetic_plan[:MIN-MAX]" (the
+        default job's ArithmeticTask, registered by oar_kernels.default_job);
     "*.jsonl" / "jsonl:PATH": a local JSONL file.
     "hf:NAME[:CONFIG]", "gsm8k", "math": a `datasets` data set.
     "gsm_symbolic[:SIZE]", "rg:NAME[:SIZE]": problems generated offline by reasoning-gym.
     """
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"dataset: expected a non-empty string, got {spec!r}")
-    if spec in ("arithmetic", "arithmetic_plan") or spec.startswith(("arithmetic:", "arithmetic_plan:")):
-        from ..default_job.arithmetic import ArithmeticTask
-
-        plan = spec.startswith("arithmetic_plan")
-        if ":" in spec:
-            try:
-                lo, hi = (int(x) for x in spec.split(":", 1)[1].split("-"))
-            except ValueError:
-                raise ValueError(f"dataset: expected 'arithmetic:MIN-MAX' (terms), got {spec!r}") from None
-            if not 2 <= lo <= hi:
-                raise ValueError(f"dataset: need 2 <= MIN <= MAX terms, got {spec!r}")
-            return ArithmeticTask(min_terms=lo, max_terms=hi, plan=plan)
-        return ArithmeticTask(plan=plan)
+    name = spec.split(":", 1)[0]
+    if name in _REGISTERED:
+        return _REGISTERED[name](spec)
+    if name in ("arithmetic", "arithmetic_plan"):
+        raise ValueError(f"dataset: {spec!r} is the default job's generated task; it is registered when "
+                         "oar_kernels.default_job is imported (the trainer does)")
     from .reasoning_gym import load_reasoning_gym_task, parse_spec
 
     rg = parse_spec(spec)
@@ -65,5 +71,6 @@ def load_task(spec: str, eval_dataset: Optional[str] = None, eval_size: int = 20
         return load_hf_task(parts[0], parts[1] if len(parts) > 1 else None, eval_size=eval_size, seed=seed)
     if spec.lower() in ("gsm8k", "math"):
         return load_hf_task(spec, eval_size=eval_size, seed=seed)
-    raise ValueError(f"dataset: unknown spec {spec!r} (arithmetic, arithmetic_plan, PATH.jsonl, hf:NAME[:CONFIG], gsm8k, math, "
-                     "gsm_symbolic[:SIZE], rg:NAME[:SIZE])")
+    known = [f"{n}[:ARGS]" for n in sorted(_REGISTERED)] + [
+        "PATH.jsonl", "hf:NAME[:CONFIG]", "gsm8k", "math", "gsm_symbolic[:SIZE]", "rg:NAME[:SIZE]"]
+    raise ValueError(f"dataset: unknown spec {spec!r} (known: {', '.join(known)})")

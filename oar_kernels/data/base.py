@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Protocol, Sequence, Tuple
 
 MAX_SKIP_EXAMPLES = 5  # (where, reason) pairs kept per source and per task
 
@@ -30,6 +30,15 @@ class Example:
     question: str
     answer: str
     solution: Optional[str] = None  # a worked solution, when the data has one (warm start)
+
+
+class Task(Protocol):
+    """What the trainer reads of a task (ListTask, and the generated tasks registered with
+    data.register_task)."""
+
+    def train_example(self, seed: int, index: int) -> Example: ...
+
+    def eval_examples(self, n: int) -> List[Example]: ...
 
 
 @dataclass

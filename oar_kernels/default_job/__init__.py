@@ -10,10 +10,18 @@ needs, kept apart from the library core:
     model, tokenizer, path = load_default_policy()   # the shipped weights, loaded at once
     task = ArithmeticTask()                          # or oar_kernels.data.load_task("arithmetic")
 
+Importing this package registers "arithmetic" and "arithmetic_plan" with oar_kernels.data (the
+data layer does not import the default job).
+
 Names resolve lazily: the task and the tokenizer builder load without transformers; the policy
 names check the supported transformers range on first use.
 """
 from .._lazy import lazy_getattr
+from ..data import register_task
+from .arithmetic import task_from_spec
+
+for _name in ("arithmetic", "arithmetic_plan"):
+    register_task(_name, task_from_spec)
 
 # public name -> module that defines it (relative to this package)
 _EXPORTS = {
@@ -21,6 +29,7 @@ _EXPORTS = {
     "CONCLUDE_TEXT": ".arithmetic",
     "HELD_OUT_BUCKETS": ".arithmetic",
     "is_held_out": ".arithmetic",
+    "task_from_spec": ".arithmetic",
     "build_char_tokenizer": ".tokenizer",
     "CACHE_ENV": ".policy",
     "SHIPPED_DIR": ".policy",

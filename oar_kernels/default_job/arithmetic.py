@@ -118,3 +118,21 @@ class ArithmeticTask:
             out.append(ex)
             stale = 0
         return out  # pragma: no cover (the stream is infinite)
+
+
+def task_from_spec(spec: str) -> ArithmeticTask:
+    """The task of a dataset spec "arithmetic[:MIN-MAX]" or "arithmetic_plan[:MIN-MAX]" (terms per
+    problem); registered with oar_kernels.data.load_task by this package's __init__."""
+    name, _, terms = spec.partition(":")
+    if name not in ("arithmetic", "arithmetic_plan"):
+        raise ValueError(f"dataset: expected 'arithmetic[:MIN-MAX]' or 'arithmetic_plan[:MIN-MAX]', got {spec!r}")
+    plan = name == "arithmetic_plan"
+    if not terms:
+        return ArithmeticTask(plan=plan)
+    try:
+        lo, hi = (int(x) for x in terms.split("-"))
+    except ValueError:
+        raise ValueError(f"dataset: expected '{name}:MIN-MAX' (terms), got {spec!r}") from None
+    if not 2 <= lo <= hi:
+        raise ValueError(f"dataset: need 2 <= MIN <= MAX terms, got {spec!r}")
+    return ArithmeticTask(min_terms=lo, max_terms=hi, plan=plan)

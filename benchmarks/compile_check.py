@@ -41,8 +41,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+import harness  # noqa: E402  (the checkout's oar_kernels where it is not installed)
 
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, without its warning
 
@@ -388,14 +387,11 @@ def problems(variants: list, kernels: dict, launched: set) -> list:
 
 
 def table(variants: list) -> str:
-    lines = ["| kernel | dtype | target | config | registers | spills (B) | shared (B) | cases | s |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|"]
-    for v in sorted(variants, key=lambda v: (v.kernel, v.target, v.dtype, v.config)):
-        name = v.kernel.split(":")[1]
-        cells = ("error", "-", "-") if v.error else (v.registers, v.spill_bytes, v.shared)
-        lines.append(f"| {name} | {v.dtype} | sm_{v.target} | {v.config} | {cells[0]} | {cells[1]} | "
-                     f"{cells[2]} | {len(v.cases)} | {v.seconds:.1f} |")
-    return "\n".join(lines)
+    rows = [{"kernel": v.kernel.split(":")[1], "dtype": v.dtype, "target": f"sm_{v.target}", "config": v.config,
+             "registers": "error" if v.error else v.registers, "spills (B)": "-" if v.error else v.spill_bytes,
+             "shared (B)": "-" if v.error else v.shared, "cases": len(v.cases), "s": round(v.seconds, 1)}
+            for v in sorted(variants, key=lambda v: (v.kernel, v.target, v.dtype, v.config))]
+    return harness.render(rows, cols=tuple(rows[0]) if rows else ("kernel",))
 
 
 def summary(variants: list) -> str:
@@ -403,8 +399,7 @@ def summary(variants: list) -> str:
     groups: dict = {}
     for v in variants:
         groups.setdefault((v.kernel.split(":")[1], v.dtype, v.target), []).append(v)
-    lines = ["| kernel | dtype | target | variants | registers | spills (B) | shared (B) |",
-             "|---|---|---|---:|---|---:|---:|"]
+    rows = []
     for (k, d, t), vs in sorted(groups.items()):
         ok = [v for v in vs if not v.error]
         regs = sorted(v.registers for v in ok if v.registers is not None)
@@ -412,8 +407,9 @@ def summary(variants: list) -> str:
         spill = max((v.spill_bytes or 0) for v in ok) if ok else "-"
         shared = max((v.shared or 0) for v in ok) if ok else "-"
         errs = len(vs) - len(ok)
-        lines.append(f"| {k} | {d} | sm_{t} | {len(vs)}{f' ({errs} failed)' if errs else ''} | {reg} | {spill} | {shared} |")
-    return "\n".join(lines)
+        rows.append({"kernel": k, "dtype": d, "target": f"sm_{t}", "variants": f"{len(vs)}{f' ({errs} failed)' if errs else ''}",
+                     "registers": reg, "spills (B)": spill, "shared (B)": shared})
+    return harness.render(rows, cols=tuple(rows[0]) if rows else ("kernel",))
 
 
 def check(targets=(80, 90), processes=2, launches=None):

@@ -40,22 +40,16 @@ noise draws, and wall time per response of one batched call.
 """
 
 import argparse
-import os
-import platform
 import random
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import harness
 import torch
 
-try:
-    import oar_kernels as oar
-except ImportError:  # run from a checkout without installing
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    import oar_kernels as oar
-
+import oar_kernels as oar
 from oar_kernels.segments import Segments
 
 D, C, N, F = "D", "C", "N", "F"
@@ -322,12 +316,6 @@ def estimators(noise_scales=(1e-4, 1e-3, 1e-2)) -> List[Estimator]:
     return out
 
 
-def _timed(fn, *a, **k):
-    t0 = time.perf_counter()
-    out = fn(*a, **k)
-    return out, time.perf_counter() - t0
-
-
 def run(model, tokenizer, n: int = 48, seed: int = 0, prompt_prefix: str = "", conclude: str = CONCLUDE,
         noise_scales=(1e-4, 1e-3, 1e-2), only: Optional[Sequence[str]] = None, readings: bool = True,
         log=print) -> Tuple[List[dict], List[dict]]:
@@ -343,7 +331,7 @@ def run(model, tokenizer, n: int = 48, seed: int = 0, prompt_prefix: str = "", c
     rows = []
     for est in ests:
         est.fn(model, segs[:1], seed=0)  # warm-up (first-call allocations), not timed
-        (scores, mask), dt = _timed(est.fn, model, segs, seed=0)
+        dt, (scores, mask) = harness.timed(lambda: est.fn(model, segs, seed=0))
         if est.name.startswith("OAR-P"):
             oarp[est.oarp_mode] = scores
         draw2 = est.fn(model, segs, seed=1)[0] if est.draws else None
@@ -491,11 +479,11 @@ def main(argv=None) -> int:
     prefix = ONE_SHOT if args.one_shot else ""
     p_answer = answer_probability(model, attach_segments(make_cases(args.responses, args.seed), tok, "own", prefix, conclude))
     rows, readings = run(model, tok, args.responses, args.seed, prefix, conclude)
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
+    env = harness.environment()
     head = (f"Command: `python benchmarks/credit_assignment.py {' '.join(argv if argv is not None else sys.argv[1:])}`; "
             f"model {args.model}; {args.responses} responses (problem seed {args.seed}; OAR-G draws 0 and 1); "
-            f"torch {torch.__version__}, {args.threads} thread(s), {platform.machine()} {os.cpu_count()} cores, "
-            f"load average at the end {load[0]:.2f}; {time.time() - t0:.0f} s in all. "
+            f"commit {env['commit']}, torch {env['torch']}, {args.threads} thread(s), {env['device']}, "
+            f"load average at the end {env['load_average']}; {time.time() - t0:.0f} s in all. "
             f"The model's mean probability of the (correct) answer tokens given the reasoning: {p_answer:.3f}.")
     text = head + "\n\n" + table(rows, readings) + "\n"
     print(text)

@@ -21,10 +21,8 @@ non-deciding), and the rest.
 """
 import argparse
 import glob
-import json
 import os
 import statistics
-import sys
 
 import torch
 

@@ -20,13 +20,17 @@ default 400, caps them all, so the default run ends within 7 minutes and a rerun
   kernel tests (90) `pytest --gpu -m kernels tests/` (tests/conftest.py) in a subprocess, its
                lines streamed; a dry run only collects.
   baselines    (150) the other shape N=16384 D=2048 V=151936 and the other baselines at both
-               shapes (lm_head_baselines.py: TRL, liger, Cut Cross-Entropy, torch.compile'd
-               eager), what compiles last; then a row per group: our best over the fastest. On
-               sm_90 without cutlass, liger is its Triton path (the row says which; see
-               lm_head_baselines.liger_logprob).
+               shapes (baselines.py: TRL, liger, Cut Cross-Entropy, torch.compile'd eager),
+               what compiles last; then a row per group: our best over the fastest. On sm_90
+               without cutlass, liger is its Triton path (the row says which; see
+               baselines.liger_logprob).
   fwd configs  (40) each distinct candidate configuration of the fused forward kernel.
-  foreign      (the rest) gpu_rows of bench_bilevel, bench_saliency, bench_importance, rl_step
-               and bench_trainer, each with its own budget (FOREIGN), rows streamed as they come.
+  foreign      (the rest) bilevel_rows, saliency_rows, the gpu_rows of bench_importance.py and
+               rl_step.py, trainer_rows, each with its own budget (FOREIGN), rows streamed as
+               they come.
+
+Timing, peak memory, the child processes, rows and the table: harness.py; shapes, inputs and
+baselines: baselines.py.
 
 Every row is printed and flushed as it comes and --out rewritten after each; SIGTERM (timeout)
 ends the run like Ctrl-C, with the table written. Exit status 1 only when one of our own
@@ -38,68 +42,36 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import gc
+import dataclasses
 import glob
 import importlib
 import importlib.metadata
-import importlib.util
 import math
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import sysconfig
 import tempfile
-import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+import harness
+from harness import ROOT, Budget, Row, free, why
 
-# (B, T, D, V): liger's published Hopper shape (M = B*T = 8192, H = 4096, V = 131072), and a
-# Qwen2.5-size vocabulary at N=16384 D=2048; a dry run maps each to a tiny one.
-PUBLISHED = (8, 1024, 4096, 131072)
-QWEN = (16, 1024, 2048, 151936)
-DRY_SHAPES = {PUBLISHED: (2, 16, 32, 500), QWEN: (2, 12, 16, 300)}
 OURS = ("oar:fused", "oar:chunked")  # fused_linear_logprob's two forward modes
 OPTIONAL = ("liger_kernel", "trl", "cut_cross_entropy")
 
 
-def _row(op, shape, metric, value=None, target="", ok=True, kind="info"):
-    return {"op": op, "shape": shape, "metric": metric, "value": value, "target": target, "ok": bool(ok), "kind": kind}
-
-
-def _why(exc) -> str:
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
-
-
 def _err_row(op, shape, metric, exc, kind="check"):
-    return _row(op, shape, f"{metric} (error: {_why(exc)})", None, "", False, kind)
+    return Row(op, shape, f"{metric} (error: {why(exc)})", None, "", False, kind)
 
 
-def _missing_row(op, shape, name, why):
-    return _row(op, shape, f"{name}: missing ({why})", None, "", True, "missing")
-
-
-@dataclass
-class Budget:
-    """A deadline: the whole run's, or a section's (its own seconds, never past its parent's)."""
-
-    seconds: float
-    parent: "Budget | None" = None
-
-    def __post_init__(self):
-        self.end = time.monotonic() + self.seconds
-        if self.parent is not None:
-            self.end = min(self.end, self.parent.end)
-
-    def left(self) -> float:
-        return self.end - time.monotonic()
+def _missing_row(op, shape, name, reason):
+    return Row(op, shape, f"{name}: missing ({reason})", None, "", True, "missing")
 
 
 @dataclass
@@ -109,11 +81,13 @@ class Ctx:
     device: object
     dry: bool
     repeats: int
-    emit: Callable[[dict], None]
+    emit: Callable[[Row], None]
     store: dict = field(default_factory=dict)  # (op, shape label) -> {name: (seconds, peak bytes)}
     rates: dict = field(default_factory=dict)  # shape label -> (GEMM FLOP/s, HBM bytes/s)
 
     def shape(self, s):
+        from baselines import DRY_SHAPES
+
         return DRY_SHAPES[s] if self.dry else s
 
 
@@ -153,58 +127,18 @@ def install_wheels(wheel_dir: str) -> str:
 # ----------------------------------------------------------------------------- measurement
 
 
-def _sync(device):
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _free(device):
-    import torch
-
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 def time_call(fn, device, repeats=5, warmup=1):
-    """Median seconds of fn() (CUDA events on a GPU)."""
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            torch.cuda.synchronize(device)
-            times.append(s.elapsed_time(e) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median seconds of fn() (harness.time_fn: CUDA events on a GPU)."""
+    return harness.time_fn(fn, device, repeats, warmup).median
 
 
 def peak_bytes(fn, device):
     """Peak memory fn() allocates above what is allocated before it (CUDA); None on CPU.
     Also the warm-up call (and torch.compile's / Triton's compile)."""
-    import torch
-
     if device.type != "cuda":
         fn()
         return None
-    _free(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    fn()
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device) - base
+    return harness.peak_memory(fn, device)[1]
 
 
 def _max_rel(a, b):
@@ -224,7 +158,7 @@ def _import_note(module: str) -> str:
         importlib.import_module(module)
         return f"{module} {importlib.metadata.version(module)}"
     except Exception as e:  # noqa: BLE001 - any reason it cannot be had is the answer
-        return f"{module}: missing ({_why(e)})"
+        return f"{module}: missing ({why(e)})"
 
 
 def preflight_rows(ctx, wheels_note):
@@ -236,28 +170,28 @@ def preflight_rows(ctx, wheels_note):
     if dev.type == "cuda":
         p = torch.cuda.get_device_properties(dev)
         free, total = torch.cuda.mem_get_info(dev)
-        emit(_row("preflight", "device", f"{p.name}, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, "
+        emit(Row("preflight", "device", f"{p.name}, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, "
                   f"{free / 2**30:.1f} of {total / 2**30:.1f} GiB free"))
     else:
-        emit(_row("preflight", "device", "CPU (dry run, Triton interpreter)"))
-    emit(_row("preflight", "versions", f"python {sys.version.split()[0]}, torch {torch.__version__}, "
+        emit(Row("preflight", "device", "CPU (dry run, Triton interpreter)"))
+    emit(Row("preflight", "versions", f"python {sys.version.split()[0]}, torch {torch.__version__}, "
               f"triton {triton.__version__}, CUDA {torch.version.cuda}"))
     # Triton builds its CUDA launcher (C, including Python.h) with $CC / gcc / clang at the first launch
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang") or shutil.which("cc")
     py_h = os.path.join(sysconfig.get_paths()["include"], "Python.h")
     lacks = ([] if cc else ["no C compiler ($CC, gcc, clang, cc)"]) + ([] if os.path.exists(py_h) else [f"no {py_h}"])
-    emit(_row("preflight", "triton launcher build",
+    emit(Row("preflight", "triton launcher build",
               f"C compiler {cc}, {py_h}" if not lacks else
               f"NO Triton kernel can launch: Triton compiles its launcher at the first launch and needs a C "
               f"compiler and the Python headers; {'; '.join(lacks)}", ok=not lacks))
-    emit(_row("preflight", "carried wheels", wheels_note))
+    emit(Row("preflight", "carried wheels", wheels_note))
     for mod in OPTIONAL:
         note = _import_note(mod)
-        emit(_row("preflight", "optional baseline", note, kind="missing" if "missing" in note else "info"))
+        emit(Row("preflight", "optional baseline", note, kind="missing" if "missing" in note else "info"))
     if dev.type == "cuda":
         from oar_kernels.ops._lm_head_chunks import f32_gemm_ok
 
-        emit(_row("preflight", "cuBLAS", "fp32-output GEMM for bf16 operands: "
+        emit(Row("preflight", "cuBLAS", "fp32-output GEMM for bf16 operands: "
                   + ("yes" if f32_gemm_ok(dev, torch.bfloat16) else "no (chunked mode upcasts the bf16 product)")))
 
 
@@ -306,38 +240,18 @@ def traffic_model(N, D, V, dtype_bytes, chunk_bytes, block_n=64, block_v=128, sm
 
 
 def lm_inputs(ctx, shape, seed=1):
-    """Random LM-head inputs at shape (B, T, D, V), made on the device."""
+    """Random LM-head inputs at shape (B, T, D, V) (a tiny one in a dry run), made on the device."""
     import torch
 
-    import oar_kernels as oar
+    from baselines import lm_inputs
 
-    B, T, D, V = ctx.shape(shape)
-    N, dev = B * T, ctx.device
-    dtype = torch.float32 if ctx.dry else torch.bfloat16
-    gen = torch.Generator(device=dev).manual_seed(seed)
-
-    def randn(*size, scale=1.0):
-        return (torch.randn(*size, generator=gen, device=dev) * scale).to(dtype)
-
-    x = argparse.Namespace(N=N, D=D, V=V, dtype=dtype, label=f"N={N} D={D} V={V} {str(dtype)[6:]}")
-    x.h = randn(N, D, scale=0.5).requires_grad_(True)
-    x.w = randn(V, D, scale=1 / math.sqrt(D)).requires_grad_(True)
-    x.t = torch.randint(0, V, (N,), generator=gen, device=dev)
-    x.g, x.g2 = torch.randn(N, generator=gen, device=dev), torch.randn(N, generator=gen, device=dev)
-    x.h3, x.t2 = x.h.detach().view(B, T, D).requires_grad_(True), x.t.view(B, T)
-    x.mask = torch.ones(B, T, dtype=torch.bool, device=dev)
-    x.mask[:, T * 3 // 4:] = torch.rand(B, T - T * 3 // 4, generator=gen, device=dev) > 0.5
-    with torch.no_grad():
-        lp = oar.fused_linear_logprob(x.h, x.w, x.t, backend="triton")
-    x.old = lp.view(B, T) + 0.05 * torch.randn(B, T, generator=gen, device=dev)
-    x.adv = torch.randn(B, generator=gen, device=dev)
-    return x
+    return lm_inputs(ctx.shape(shape), ctx.device, torch.float32 if ctx.dry else torch.bfloat16, seed, backend="triton")
 
 
 def closures(x, op, names):
     """{name: fn}, {name: why missing} of one group: "logprob" / "logprob +entropy" (fwd+bwd),
     "logprob fwd" (forward only), "grpo_loss" (fwd+bwd)."""
-    import lm_head_baselines as lb
+    import baselines as lb
 
     if op == "grpo_loss":
         return lb.make_grpo(x.h3, x.w, x.t2, x.old, x.adv, x.mask, names=names, backend="triton")
@@ -353,30 +267,30 @@ def measure(ctx, budget, x, op, names, need_s=10):
     flops = (1 if op == "logprob fwd" else 3) * 2 * x.N * x.D * x.V
     gemm = ctx.rates.get(x.label, (None,))[0]
     results = ctx.store.setdefault((op, x.label), {})
-    for name, why in missing.items():
-        ctx.emit(_missing_row(op, x.label, name, why))
+    for name, reason in missing.items():
+        ctx.emit(_missing_row(op, x.label, name, reason))
     for name, fn in fns.items():
         label = name + (f" [{fn.note}]" if getattr(fn, "note", "") else "")
         if budget.left() < need_s:
-            ctx.emit(_row(op, x.label, f"{label}: skipped (section budget spent)", ok=False, kind="skip"))
+            ctx.emit(Row(op, x.label, f"{label}: skipped (section budget spent)", ok=False, kind="skip"))
             continue
         try:
             mem = peak_bytes(fn, ctx.device)
             sec = time_call(fn, ctx.device, ctx.repeats, warmup=0 if ctx.dry else 1)
         except Exception as e:  # noqa: BLE001
             ctx.emit(_err_row(op, x.label, name, e) if name.startswith("oar")
-                     else _missing_row(op, x.label, label, f"fails here: {_why(e)}"))
+                     else _missing_row(op, x.label, label, f"fails here: {why(e)}"))
             continue
         finally:
-            _free(ctx.device)
+            free(ctx.device)
         results[name] = (sec, mem)
         frac = f", {flops / sec / gemm:.2f}x GEMM rate" if gemm else ""
         what = "fwd" if op == "logprob fwd" else "fwd+bwd"
-        ctx.emit(_row(op, x.label, f"{label}: {what} {sec * 1e3:.2f} ms, peak +{_mib(mem)}, "
+        ctx.emit(Row(op, x.label, f"{label}: {what} {sec * 1e3:.2f} ms, peak +{_mib(mem)}, "
                       f"{flops / sec / 1e12:.1f} TFLOP/s{frac}", sec * 1e3, "ms", kind="bench"))
         ours = {k: v for k, v in results.items() if k.startswith("oar")}
         if ours and not name.startswith("oar"):
-            ctx.emit(_row(op, x.label, f"ours / {name}: " + "; ".join(
+            ctx.emit(Row(op, x.label, f"ours / {name}: " + "; ".join(
                 f"{k} time {s / sec:.2f}x" + ("" if not (m and mem) else f", memory {m / mem:.2f}x")
                 for k, (s, m) in ours.items()), min(s for s, _ in ours.values()) / sec, "info", kind="ratio"))
     return fns
@@ -393,7 +307,7 @@ def rate_rows(ctx, x):
         t_cp = time_call(lambda: dst.copy_(buf), ctx.device, ctx.repeats)
     gemm, bw = 2 * x.N * x.D * x.V / t_mm, 2 * buf.numel() / t_cp
     ctx.rates[x.label] = (gemm, bw)
-    ctx.emit(_row("rates", x.label, f"torch.matmul {gemm / 1e12:.1f} TFLOP/s ({t_mm * 1e3:.2f} ms); "
+    ctx.emit(Row("rates", x.label, f"torch.matmul {gemm / 1e12:.1f} TFLOP/s ({t_mm * 1e3:.2f} ms); "
                   f"copy {bw / 1e9:.0f} GB/s", gemm / 1e12, "TFLOP/s", kind="bench"))
 
 
@@ -413,7 +327,7 @@ def model_rows(ctx, x):
         bound = max(p["flops"] / gemm, p["bytes"] / bw)
         l2 = f" (L2 operand traffic {p['l2_bytes'] / 1e9:.1f} GB)" if "l2_bytes" in p else ""
         got = "; ".join(f"{k} measured {v[0] * 1e3:.2f} ms = {v[0] / bound:.2f}x" for k, v in measured[name].items() if v)
-        ctx.emit(_row("traffic model", x.label, f"{name}: {p['flops'] / 1e12:.2f} TFLOP, HBM {p['bytes'] / 1e9:.2f} GB{l2} "
+        ctx.emit(Row("traffic model", x.label, f"{name}: {p['flops'] / 1e12:.2f} TFLOP, HBM {p['bytes'] / 1e9:.2f} GB{l2} "
                       f"-> >= {bound * 1e3:.2f} ms at the measured rates; {got or 'not measured'}",
                       bound * 1e3, "ms", kind="model"))
 
@@ -433,12 +347,12 @@ def agreement_rows(ctx, x, fwd_fns):
         ref = fwd_fns["oar:fused"]()[0]
         for name, t in tol.items():
             err = float((fwd_fns[name]()[0].float() - ref).abs().max())
-            ctx.emit(_row("fused_linear_logprob", x.label, f"max |logp({name}) - logp(oar:fused)|", err, f"<= {t:g}",
+            ctx.emit(Row("fused_linear_logprob", x.label, f"max |logp({name}) - logp(oar:fused)|", err, f"<= {t:g}",
                           err <= t, "check"))
     except Exception as e:  # noqa: BLE001
         ctx.emit(_err_row("fused_linear_logprob", x.label, "forward modes vs eager", e))
     finally:
-        _free(ctx.device)
+        free(ctx.device)
 
 
 def backward_axis_rows(ctx, budget, x):
@@ -457,7 +371,7 @@ def backward_axis_rows(ctx, budget, x):
     got, default_axis = {}, chunks.grad_axis
     for axis in ("vocab", "rows"):
         if budget.left() < 10:
-            ctx.emit(_row("logprob bwd axis", x.label, f"{axis}: skipped (section budget spent)", ok=False, kind="skip"))
+            ctx.emit(Row("logprob bwd axis", x.label, f"{axis}: skipped (section budget spent)", ok=False, kind="skip"))
             continue
         chunks.grad_axis = lambda n, v, a=axis: a
         try:
@@ -467,18 +381,20 @@ def backward_axis_rows(ctx, budget, x):
             continue
         finally:
             chunks.grad_axis = default_axis
-            _free(ctx.device)
+            free(ctx.device)
         sec, mem = got[axis]
-        ctx.emit(_row("logprob bwd axis", x.label, f"backward over {axis}: fwd+bwd {sec * 1e3:.2f} ms, peak +{_mib(mem)}",
+        ctx.emit(Row("logprob bwd axis", x.label, f"backward over {axis}: fwd+bwd {sec * 1e3:.2f} ms, peak +{_mib(mem)}",
                       sec * 1e3, "ms", kind="bench"))
     if len(got) == 2:
         (tv, mv), (tr, mr) = got["vocab"], got["rows"]
         mem = "" if not (mv and mr) else f", memory {mv / mr:.2f}x"
-        ctx.emit(_row("logprob bwd axis", x.label, f"vocab / rows: time {tv / tr:.2f}x{mem}", tv / tr, "info", kind="ratio"))
+        ctx.emit(Row("logprob bwd axis", x.label, f"vocab / rows: time {tv / tr:.2f}x{mem}", tv / tr, "info", kind="ratio"))
 
 
 def published_rows(ctx, budget):
     """Our ops against eager at liger's published Hopper shape, before anything else is timed."""
+    from baselines import PUBLISHED
+
     x = lm_inputs(ctx, PUBLISHED)
     rate_rows(ctx, x)
     fwd_fns = measure(ctx, budget, x, "logprob fwd", OURS + ("eager",))
@@ -518,7 +434,7 @@ def spot_check_rows(ctx, budget):
         return h, w, b, torch.randint(0, v, (n,), generator=gen).to(device)
 
     def check(op, shp, metric, err, tol):
-        emit(_row(op, shp, metric, err, f"<= {tol:g}", err <= tol, "check"))
+        emit(Row(op, shp, metric, err, f"<= {tol:g}", err <= tol, "check"))
 
     def grads_err(a, b, wrt):
         return max(_max_rel(x, y) for x, y in zip(torch.autograd.grad(a, wrt), torch.autograd.grad(b, wrt)))
@@ -567,7 +483,7 @@ def spot_check_rows(ctx, budget):
             liger = LigerFusedLinearGRPOLoss(beta=0.0, compiled=False, use_ref_model=False, loss_type=loss_type)
             ll = liger(h3, w, t2, mask.float(), adv, bias=b, old_per_token_logps=old)[0]
         except Exception as e:  # noqa: BLE001
-            return emit(_missing_row("fused_linear_grpo_loss", shp, "liger (comparison)", _why(e)))
+            return emit(_missing_row("fused_linear_grpo_loss", shp, "liger (comparison)", why(e)))
         loss = oar.fused_linear_grpo_loss(h3, w, t2, old, adv, mask, loss_type=loss_type, bias=b, **kw)[0]
         err = max(loss_err(loss, ll, adv), grads_err(loss, ll, (h3, w, b)))
         check("fused_linear_grpo_loss", shp, "max rel err vs liger (loss, grads)", err, 1e-4)
@@ -583,7 +499,7 @@ def spot_check_rows(ctx, budget):
     for fn, shp, args in checks:
         op = "fused_linear_logprob" if fn in (logprob, long_vocab) else "fused_linear_grpo_loss"
         if budget.left() < 3:
-            emit(_row(op, shp, "skipped (section budget spent)", ok=False, kind="skip"))
+            emit(Row(op, shp, "skipped (section budget spent)", ok=False, kind="skip"))
             continue
         try:
             fn(shp, *args)
@@ -592,27 +508,6 @@ def spot_check_rows(ctx, budget):
 
 
 # ----------------------------------------------------------------------------- c. kernel tests
-
-
-def stream(cmd, timeout, on_line, **popen_kw):
-    """Runs cmd, handing each line of its stdout+stderr to on_line as it comes; kills it after
-    timeout seconds. Returns its exit status, None when killed."""
-    # its own process group, so that the kill reaches its children too (they hold the pipe open)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            start_new_session=True, **popen_kw)
-    killer = threading.Timer(max(1.0, timeout), lambda: os.killpg(proc.pid, signal.SIGKILL))
-    killer.start()
-    try:
-        for line in proc.stdout:
-            on_line(line.rstrip("\n"))
-        rc = proc.wait()
-    finally:
-        killed = not killer.is_alive()
-        killer.cancel()
-        if proc.poll() is None:  # interrupted (SIGTERM / Ctrl-C): take it down too
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return None if killed else rc
 
 
 def kernel_test_rows(ctx, budget):
@@ -632,15 +527,15 @@ def kernel_test_rows(ctx, budget):
         if line.strip():
             lines.append(line)
         if line.startswith(("FAILED", "ERROR")):
-            ctx.emit(_row("kernel tests", label, line[:240], ok=False, kind="check"))
+            ctx.emit(Row("kernel tests", label, line[:240], ok=False, kind="check"))
 
-    rc = stream(cmd, budget.left(), on_line, cwd=ROOT, env=env)
+    rc = harness.stream(cmd, budget.left(), on_line, cwd=ROOT, env=env)
     took = f"({time.monotonic() - t0:.0f} s)"
     if rc is None:
-        ctx.emit(_row("kernel tests", label, f"killed after the section budget {took}; last line: "
+        ctx.emit(Row("kernel tests", label, f"killed after the section budget {took}; last line: "
                       f"{(lines or ['-'])[-1][:160]}", ok=False, kind="skip"))
     else:
-        ctx.emit(_row("kernel tests", label, f"{(lines or ['no output'])[-1][:200]} {took}", rc, "rc 0", rc == 0, "check"))
+        ctx.emit(Row("kernel tests", label, f"{(lines or ['no output'])[-1][:200]} {took}", rc, "rc 0", rc == 0, "check"))
 
 
 # ----------------------------------------------------------------------------- d. baselines, configs
@@ -649,7 +544,10 @@ def kernel_test_rows(ctx, budget):
 def baseline_plan(dry):
     """(shape, group, names) in the order they are timed: the cheap baselines at the published
     shape, the other shape whole, then what compiles (liger's GRPO loss runs under
-    torch.compile; the eager function under torch.compile: a compile per shape and group)."""
+    torch.compile; the eager function under torch.compile: a compile per shape and group).
+    The shapes: baselines.PUBLISHED (liger's published Hopper shape), baselines.QWEN."""
+    from baselines import PUBLISHED, QWEN
+
     extra = ("liger:triton", "liger:fallback") if dry else ()  # the paths "auto" takes on sm_90
     every = OURS + ("eager", "trl", "liger", "cce")
     return [
@@ -674,20 +572,20 @@ def baseline_rows(ctx, budget):
         compiles = "compiled" in names or (op == "grpo_loss" and "liger" in names)
         need = 45 if compiles else 10
         if budget.left() < need:
-            ctx.emit(_row(op, str(ctx.shape(shape)), f"{', '.join(names)}: skipped (section budget spent)", ok=False, kind="skip"))
+            ctx.emit(Row(op, str(ctx.shape(shape)), f"{', '.join(names)}: skipped (section budget spent)", ok=False, kind="skip"))
             continue
         x = lm_inputs(ctx, shape)
         if x.label not in ctx.rates:
             rate_rows(ctx, x)
         measure(ctx, budget, x, op, names, need_s=need)
         del x
-        _free(ctx.device)
+        free(ctx.device)
     for (op, label), res in ctx.store.items():
         ours = {k: v for k, v in res.items() if k.startswith("oar")}
         others = {k: v for k, v in res.items() if not k.startswith("oar")}
         if ours and others:
             (o, (so, _)), (b, (sb, _)) = min(ours.items(), key=lambda kv: kv[1][0]), min(others.items(), key=lambda kv: kv[1][0])
-            ctx.emit(_row(op, label, f"our best ({o}) time / fastest baseline ({b})", so / sb, "<= 1", so <= sb, "target"))
+            ctx.emit(Row(op, label, f"our best ({o}) time / fastest baseline ({b})", so / sb, "<= 1", so <= sb, "target"))
 
 
 def fwd_config_rows(ctx, budget):
@@ -697,6 +595,8 @@ def fwd_config_rows(ctx, budget):
     import torch
 
     from oar_kernels.kernels import linear_logprob as kl
+
+    from baselines import QWEN
 
     B, T, D, V = ctx.shape(QWEN)
     N = B * T
@@ -719,7 +619,7 @@ def fwd_config_rows(ctx, budget):
         ref = None
         for (cfg, prec), name in distinct.items():
             if budget.left() < 10:
-                ctx.emit(_row("fused fwd config", shape, f"{name}: skipped (section budget spent)", ok=False, kind="skip"))
+                ctx.emit(Row("fused fwd config", shape, f"{name}: skipped (section budget spent)", ok=False, kind="skip"))
                 continue
             try:
                 with torch.no_grad():
@@ -729,47 +629,177 @@ def fwd_config_rows(ctx, budget):
                     ref = zt - lse if ref is None else ref
                     err = float((zt - lse - ref).abs().max())
                     sec = time_call(fn, ctx.device, ctx.repeats)
-                ctx.emit(_row("fused fwd config", shape, f"{name} {cfg} prec={prec or 'default'}: fwd+entropy {sec * 1e3:.2f} ms, "
+                ctx.emit(Row("fused fwd config", shape, f"{name} {cfg} prec={prec or 'default'}: fwd+entropy {sec * 1e3:.2f} ms, "
                               f"{2 * N * D * V / sec / 1e12:.1f} TFLOP/s, max |dlogp| vs default {err:.1e}", sec * 1e3, "ms", kind="bench"))
             except Exception as e:  # noqa: BLE001
                 ctx.emit(_err_row("fused fwd config", shape, name, e, "bench"))
         del h, w
-        _free(ctx.device)
+        free(ctx.device)
 
 
 # ----------------------------------------------------------------------------- e. other scripts' rows
 
 
-# module, seconds of its budget, keyword arguments of its gpu_rows in a dry run (tiny sizes)
+def bilevel_rows(device, batch: int = 256, seq: int = 2048, long_shape=(64, 32768), repeats: int = 20,
+                 emit=None, budget_s: float = float("inf")) -> list:
+    """bilevel_reshape (Triton) speed-up over the numpy loop at [batch, seq], target >= 100x;
+    max |Triton - torch reference| at [batch, seq] and at long_shape (the blocked path for long
+    rows), target <= 1e-5. Failures become rows with ok=False; past budget_s what is left is
+    skipped (a row says so); emit(row) gets each row as it is made."""
+    import torch
+
+    import oar_kernels as oar
+    from baselines import BILEVEL, bilevel_inputs, numpy_loop
+    from oar_kernels.reference.bilevel import bilevel_reshape_reference
+
+    rows, end, op, target = harness.Rows(emit), Budget(budget_s), "bilevel_reshape", ">= 100"
+    shape = f"[{batch}, {seq}]"
+    try:
+        scores, mask = bilevel_inputs(batch, seq, device=device)
+        s_np, m_np = scores.cpu().numpy(), mask.cpu().numpy()
+        t_np = time_call(lambda: numpy_loop(s_np, m_np, **BILEVEL), "cpu", repeats=3, warmup=1)
+        t_tr = time_call(lambda: oar.bilevel_reshape(scores, mask, backend="triton", **BILEVEL), device, repeats, warmup=2)
+        rows.add(op, shape, f"speed-up vs numpy loop (triton {t_tr * 1e6:.0f} us, numpy {t_np * 1e3:.1f} ms)",
+                 t_np / t_tr, target, t_np / t_tr >= 100)
+    except Exception as e:  # noqa: BLE001 - a benchmark row, not a crash
+        rows.add(op, shape, f"speed-up vs numpy loop (error: {e!r})", None, target, False)
+    for b, t in ((batch, seq), tuple(long_shape)):
+        shp = f"[{b}, {t}]"
+        if end.spent():
+            rows.add(op, shp, "max |triton - reference|: skipped (time budget spent)", None, "", False)
+            continue
+        try:
+            scores, mask = bilevel_inputs(b, t, seed=1, device=device)
+            for tau, stl in ((0.25, True), (1.0, False)):
+                kw = dict(tau=tau, beta=1.0, floor=0.1, sum_to_len=stl)
+                w = oar.bilevel_reshape(scores, mask, backend="triton", **kw)
+                err = float((w - bilevel_reshape_reference(scores, mask, **kw)).abs().max())
+                rows.add(op, shp, f"max |triton - reference| (tau={tau}, sum_to_len={stl})", err, "<= 1e-05",
+                         err <= 1e-5 and bool(torch.isfinite(w).all()))
+        except Exception as e:  # noqa: BLE001
+            rows.add(op, shp, f"max |triton - reference| (error: {e!r})", None, "<= 1e-05", False)
+    return rows
+
+
+def saliency_rows(device, shape=(8, 1024, 4096), dtype=None, repeats: int = 20, hidden_mult: int = 4,
+                  emit=None, budget_s: float = float("inf")) -> list:
+    """The backward with oar.SaliencyProbe / without (bf16, through a hidden_mult-wide MLP
+    block, target <= 1.05); the probe kernel against a per-token dot product reading the same
+    bytes (target <= 1.5); the kernel against the float64 reference. Rows as bilevel_rows'."""
+    import torch
+
+    from baselines import saliency_backward
+    from oar_kernels.reference.saliency import saliency_reference
+
+    dtype = dtype or torch.bfloat16
+    rows, end, op = harness.Rows(emit), Budget(budget_s), "saliency_probe"
+    b, t, d = shape
+    shp = f"[{b}, {t}, {d}] {str(dtype).replace('torch.', '')}"
+    try:
+        t0, t1 = (harness.time_fn(run, device, repeats, warmup=2, setup=setup).median
+                  for setup, run, _ in (saliency_backward(b, t, d, device, dtype, hidden_mult, p) for p in (False, True)))
+        rows.add(op, shp, f"backward with probe / without ({hidden_mult}x MLP block; {t1 * 1e3:.2f} vs {t0 * 1e3:.2f} ms)",
+                 t1 / t0, "<= 1.05", t1 / t0 <= 1.05)
+    except Exception as e:  # noqa: BLE001 - a benchmark row, not a crash
+        rows.add(op, shp, f"backward with probe / without (error: {e!r})", None, "<= 1.05", False)
+    if end.spent():
+        rows.add(op, shp, "probe kernel: skipped (time budget spent)", None, "", False)
+        return rows
+    try:
+        from oar_kernels.kernels.saliency import saliency_reduce_triton
+
+        gen = torch.Generator().manual_seed(2)
+        x = torch.randn(b, t, d, generator=gen).to(device, dtype)
+        gr = torch.randn(b, t, d, generator=gen).to(device, dtype)
+        o1, o2 = torch.empty(b, t, device=device), torch.empty(b, t, device=device)
+        t_k = time_call(lambda: saliency_reduce_triton(gr, x, o1, o2), device, repeats, warmup=2)
+        t_dot = time_call(lambda: torch.linalg.vecdot(gr, x, dim=-1), device, repeats, warmup=2)
+        gbps = 2 * x.numel() * x.element_size() / t_k / 1e9
+        rows.add(op, shp, f"probe kernel / torch vecdot, same bytes read ({t_k * 1e6:.0f} us, {gbps:.0f} GB/s)",
+                 t_k / t_dot, "<= 1.5", t_k / t_dot <= 1.5)
+        # |<g, x>| cancels, so errors are scaled by each output's largest value
+        err = max(float((o - r).abs().max() / r.abs().max().clamp_min(1e-30))
+                  for o, r in zip((o1, o2), saliency_reference(gr, x)))
+        rows.add(op, shp, "max |kernel - float64 reference| / max |reference|", err, "<= 1e-05", err <= 1e-5)
+    except Exception as e:  # noqa: BLE001
+        rows.add(op, shp, f"probe kernel (error: {e!r})", None, "<= 1.5", False)
+    return rows
+
+
+def trainer_rows(device, steps=5, hidden=512, layers=8, gens=8, prompts=4, completion=128, threads=4,
+                 emit=None, budget_s=float("inf")) -> list:
+    """OARGRPOTrainer (oar-g, oar-p) against TRL's GRPOTrainer, seconds per step, each trainer in
+    its own process (baselines.trainer_step), killed past what is left of budget_s; a row per
+    trainer with its ratio to GRPOTrainer. Without TRL or datasets the rows say they are missing."""
+    from baselines import TRAINERS, in_child
+
+    rows, end = harness.Rows(emit), Budget(budget_s)
+    shape = f"Llama {hidden}x{layers}, {gens * prompts} completions <= {completion} tokens"
+
+    def add(metric, value=None, ok=True, kind="bench"):
+        rows.add("trainer step", shape, metric, value, "info" if value is not None else "", ok, kind)
+
+    try:  # what the children need beyond this project
+        import datasets  # noqa: F401
+        import trl  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - absent, or one of their own requirements is
+        add(f"missing ({type(e).__name__}: {e})"[:200], kind="missing")
+        return rows
+    kw = dict(steps=steps, threads=threads, hidden=hidden, layers=layers, gens=gens, prompts=prompts,
+              completion=completion, device=str(device).split(":")[0])
+    base = None
+    for which in TRAINERS:
+        if end.left() <= 5:
+            add(f"{which}: skipped (time budget spent)", ok=False, kind="skip")
+            continue
+        try:
+            sec = in_child({"job": "trainer", "args": dict(kw, which=which)}, end.left())["step_s"]
+            base = base or (sec if which == "GRPOTrainer" else None)
+            add(f"{which}: {sec:.3f} s per step" + (f", {sec / base:.2f}x GRPOTrainer" if base else ""),
+                sec / base if base else sec)
+        except harness.ChildFailed as e:
+            killed = str(e).startswith("killed")
+            add(f"{which}: {'' if killed else 'error: '}{e}"[:200], ok=False, kind="skip" if killed else "bench")
+    return rows
+
+
+def _script_rows(name):
+    def gpu_rows(device, **kw):
+        return importlib.import_module(name).gpu_rows(device, **kw)
+    return gpu_rows
+
+
+# label, seconds of its budget, its rows, keyword arguments of those in a dry run (tiny sizes)
 FOREIGN = (
-    ("bench_bilevel", 15, dict(batch=3, seq=40, long_shape=(1, 70), repeats=1)),
-    ("bench_saliency", 15, dict(shape=(2, 3, 24), repeats=1, hidden_mult=1)),
-    ("bench_importance", 60, dict(prompt=8, reasoning=12, conclude=2, answer=2, responses=2, naive_forwards=2,
-                                  budget=256, repeats=1, model_kwargs=dict(hidden=32, layers=2, heads=4, kv_heads=2, vocab=97))),
-    ("rl_step", 90, dict(prompts=2, num_generations=2, max_completion_length=12, steps=1, synthetic="tiny",
-                         synthetic_prompts=2, naive_budget=0.5, large_s=0)),
-    ("bench_trainer", 90, dict(steps=2, hidden=32, layers=1, gens=2, prompts=2, completion=8, threads=1)),
+    ("bench_bilevel", 15, bilevel_rows, dict(batch=3, seq=40, long_shape=(1, 70), repeats=1)),
+    ("bench_saliency", 15, saliency_rows, dict(shape=(2, 3, 24), repeats=1, hidden_mult=1)),
+    ("bench_importance", 60, _script_rows("bench_importance"),
+     dict(prompt=8, reasoning=12, conclude=2, answer=2, responses=2, naive_forwards=2, budget=256, repeats=1,
+          model_kwargs=dict(hidden=32, layers=2, heads=4, kv_heads=2, vocab=97))),
+    ("rl_step", 90, _script_rows("rl_step"), dict(prompts=2, num_generations=2, max_completion_length=12, steps=1,
+                                                   synthetic="tiny", synthetic_prompts=2, naive_budget=0.5, large_s=0)),
+    ("bench_trainer", 90, trainer_rows, dict(steps=2, hidden=32, layers=1, gens=2, prompts=2, completion=8, threads=1)),
 )
 
 
 def foreign_rows(ctx, budget):
-    """gpu_rows(device, emit=..., budget_s=...) of the other benchmark scripts, each given the
-    smaller of its own seconds and what the run has left, and not started with less than a
-    third of its own (a measurement once started runs to its end); rows stream through emit."""
-    for name, seconds, dry_kw in FOREIGN:
+    """The rows of bilevel_rows, saliency_rows, bench_importance.py's and rl_step.py's gpu_rows
+    and trainer_rows, each given the smaller of its own seconds and what the run has left, and
+    not started with less than a third of its own (a measurement once started runs to its end);
+    rows stream through emit."""
+    def emit(r):
+        ctx.emit(dataclasses.replace(r, kind="foreign") if r.kind == "info" else r)
+
+    for name, seconds, rows_fn, dry_kw in FOREIGN:
         own = Budget(seconds, budget)
         if own.left() < seconds / 3:
-            ctx.emit(_row(name, "-", f"skipped ({max(0, own.left()):.0f} s of the time budget left)", ok=False, kind="skip"))
+            ctx.emit(Row(name, "-", f"skipped ({max(0, own.left()):.0f} s of the time budget left)", ok=False, kind="skip"))
             continue
         try:
-            spec = importlib.util.spec_from_file_location(f"_gpu_check_{name}", os.path.join(HERE, f"{name}.py"))
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-            mod.gpu_rows(ctx.device, emit=lambda r: ctx.emit({"kind": "foreign", "ok": True, **r}),
-                         budget_s=own.left(), **(dry_kw if ctx.dry else {}))
-        except Exception as e:  # noqa: BLE001 - gpu_rows guard their measurements; this is the import or a bad call
+            rows_fn(ctx.device, emit=emit, budget_s=own.left(), **(dry_kw if ctx.dry else {}))
+        except Exception as e:  # noqa: BLE001 - the rows guard their measurements; this is an import or a bad call
             ctx.emit(_err_row(name, "-", "gpu_rows", e, "foreign"))
-        _free(ctx.device)
+        free(ctx.device)
 
 
 # (name, seconds of its budget, function), after the preflight rows (no budget: a few seconds)
@@ -788,23 +818,6 @@ SECTIONS = (
 
 
 # ----------------------------------------------------------------------------- output
-
-
-def _fmt(v):
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.3g}" if (abs(v) >= 1e-3 or v == 0) else f"{v:.2e}"
-    return str(v)
-
-
-def render(rows, header_lines):
-    cols = ["op", "shape", "metric", "value", "target", "ok"]
-    out = list(header_lines) + ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        cells = [_fmt(r.get(c)) if c != "ok" else ("yes" if r.get("ok") else "**NO**") for c in cols]
-        out.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
-    return "\n".join(out) + "\n"
 
 
 def _interrupt(signum, frame):
@@ -831,10 +844,6 @@ def main(argv=None) -> int:
     wheels_note = install_wheels(args.wheels)  # before any optional package is imported
     if args.dry_run_cpu:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before any kernel module is imported
-    for path in (HERE, ROOT):  # lm_head_baselines; oar_kernels from this tree when not installed
-        if path not in sys.path:
-            sys.path.insert(1, path)
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), ROOT) if p)
     import torch
 
     if not args.dry_run_cpu and not torch.cuda.is_available():
@@ -850,10 +859,10 @@ def main(argv=None) -> int:
 
     def emit(row):
         rows.append(row)
-        print("[gpu_check]", " | ".join(_fmt(row.get(c)) for c in ("op", "shape", "metric", "value")), flush=True)
+        print("[gpu_check]", " | ".join(harness.fmt(getattr(row, c)) for c in ("op", "shape", "metric", "value")), flush=True)
         if args.out:  # the table so far: a run cut short still leaves its rows
             with open(args.out, "w") as fh:
-                fh.write(render(rows, header + [f"(in progress, {time.monotonic() - t0:.0f} s)"]))
+                fh.write(harness.render(rows, header + [f"(in progress, {time.monotonic() - t0:.0f} s)"]))
 
     ctx = Ctx(device, args.dry_run_cpu, 1 if args.dry_run_cpu else args.repeats, emit)
     try:
@@ -863,7 +872,7 @@ def main(argv=None) -> int:
                 continue
             budget = Budget(seconds, total)
             if budget.left() < 5:
-                emit(_row(label, "-", "skipped (time budget spent)", ok=False, kind="skip"))
+                emit(Row(label, "-", "skipped (time budget spent)", ok=False, kind="skip"))
                 continue
             s = time.monotonic()
             try:
@@ -871,15 +880,15 @@ def main(argv=None) -> int:
             except Exception as e:  # noqa: BLE001 - one broken section must not hide the rest
                 traceback.print_exc()
                 emit(_err_row(label, "-", "section", e))
-            _free(device)
+            free(device)
             print(f"[gpu_check] {label}: {time.monotonic() - s:.1f} s (budget {seconds} s)", flush=True)
     except KeyboardInterrupt as e:  # SIGTERM (timeout) or Ctrl-C: the rows so far still make the table
-        emit(_row("gpu_check", "-", f"interrupted ({e or 'SIGINT'}) after {time.monotonic() - t0:.0f} s", ok=False, kind="skip"))
-    failed = [r for r in rows if not r["ok"] and r["kind"] == "check"]
-    other = [r for r in rows if not r["ok"] and r["kind"] != "check"]
+        emit(Row("gpu_check", "-", f"interrupted ({e or 'SIGINT'}) after {time.monotonic() - t0:.0f} s", ok=False, kind="skip"))
+    failed = [r for r in rows if not r.ok and r.kind == "check"]
+    other = [r for r in rows if not r.ok and r.kind != "check"]
     header.append(f"total {time.monotonic() - t0:.0f} s; correctness failures: {len(failed)}; "
                   f"missed targets, skips, errors elsewhere: {len(other)}")
-    text = render(rows, header)
+    text = harness.render(rows, header)
     print(text)
     if args.out:
         with open(args.out, "w") as fh:

@@ -43,6 +43,8 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
+from harness import git_commit  # the commit, "+dirty(oar_kernels)" when the package has changes
+
 from oar_kernels.train.report import moving_average, read_jsonl, save_figure  # read_jsonl: a line cut short by a kill ends the file
 
 ALGOS = ("grpo", "oar-g", "oar-p")
@@ -345,17 +347,6 @@ def report(out: str, algos: Sequence[str], seeds: Sequence[int], max_steps: int,
 
 
 # -- running ----------------------------------------------------------------------------------
-
-def git_commit(cwd: str = ".") -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "oar_kernels"],
-                               cwd=cwd, capture_output=True, text=True).stdout.strip()
-        return sha + ("+dirty(oar_kernels)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
 
 def trainer_argv(algo: str, seed: int, args, extra: List[str]) -> List[str]:
     return ["--algo", algo, "--seed", str(seed), "--max_steps", str(args.max_steps),

@@ -47,6 +47,7 @@ import statistics
 import time
 from typing import Callable, Dict, List
 
+import harness
 import torch
 
 ALGOS = ("grpo", "oar-g", "oar-p")
@@ -368,7 +369,7 @@ def _measure(model, tokenizer, prompts, num_generations, max_completion_length, 
     # + conclude (+ answer) without the prompt and a backward to those inputs only)
     mode = cfgs["oar-g"].resolved_pfinal_mode()
     if oarg_step and mode != "answer_joint":
-        from bench_importance import chunk_pass
+        from baselines import chunk_pass
 
         segs, picked = _segments_for_step(rows, adv, tokenizer, cfgs["oar-g"])
         if picked:
@@ -523,12 +524,7 @@ def gpu_rows(device, prompts=64, num_generations=8, max_completion_length=256, s
     the synthetic Qwen2-0.5B needs on one H100 / H200, not a measurement); a row says so. The naive OAR-P oracle gets at
     most a tenth of the time left."""
     device = torch.device(device)
-    rows, end = [], time.monotonic() + budget_s
-
-    def add(row):
-        rows.append(row)
-        if emit:
-            emit(row)
+    rows, end = harness.Rows(emit), time.monotonic() + budget_s
 
     targets = [("default", 48, None)]
     if synthetic:
@@ -541,8 +537,7 @@ def gpu_rows(device, prompts=64, num_generations=8, max_completion_length=256, s
         shp = f"{os.path.basename(str(name).rstrip('/'))} P={P} G={num_generations} C={C}"
         left = end - time.monotonic()
         if left <= (large_s if name != "default" else large_s / 4):
-            add({"op": "rl_step", "shape": shp, "metric": f"skipped ({left:.0f} s of the time budget left)", "value": None,
-                 "target": "", "ok": False})
+            rows.add("rl_step", shp, f"skipped ({left:.0f} s of the time budget left)", None, "", False)
             continue
         try:
             if kind:
@@ -558,22 +553,16 @@ def gpu_rows(device, prompts=64, num_generations=8, max_completion_length=256, s
                 r = by[algo]
                 target = f"<= {TARGET_OARG}" if algo in ("oar-g", "oar-g 1fwd") else ""
                 ok = r["x grpo"] <= TARGET_OARG if target else True
-                add({"op": "rl_step", "shape": shp,
-                     "metric": f"{algo} / grpo full step ({r['s/step']:.3f} s vs {by['grpo']['s/step']:.3f} s, "
-                               f"importance {r['importance %']:.0f}%)",
-                     "value": r["x grpo"], "target": target, "ok": ok})
+                rows.add("rl_step", shp, f"{algo} / grpo full step ({r['s/step']:.3f} s vs {by['grpo']['s/step']:.3f} s, "
+                         f"importance {r['importance %']:.0f}%)", r["x grpo"], target, ok)
             o = res.get("oarp", {})
             if "reuse" in o:
-                add({"op": "rl_step", "shape": shp,
-                     "metric": f"OAR-P prefix_reuse speed-up vs prefix_reuse=False ({o['reuse']:.3f} s vs {o['plain']:.3f} s)",
-                     "value": o["plain"] / o["reuse"], "target": "", "ok": True})
-                add({"op": "rl_step", "shape": shp,
-                     "metric": f"OAR-P prefix_reuse speed-up vs naive ({o['naive_measured']})",
-                     "value": o["naive"] / o["reuse"], "target": "", "ok": True})
+                rows.add("rl_step", shp, f"OAR-P prefix_reuse speed-up vs prefix_reuse=False ({o['reuse']:.3f} s vs "
+                         f"{o['plain']:.3f} s)", o["plain"] / o["reuse"])
+                rows.add("rl_step", shp, f"OAR-P prefix_reuse speed-up vs naive ({o['naive_measured']})", o["naive"] / o["reuse"])
             del model
         except Exception as e:  # noqa: BLE001
-            add({"op": "rl_step", "shape": shp, "metric": f"error: {type(e).__name__}: {e}"[:200],
-                 "value": None, "target": "", "ok": False})
+            rows.add("rl_step", shp, f"error: {type(e).__name__}: {e}"[:200], None, "", False)
     return rows
 
 

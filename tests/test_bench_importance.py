@@ -1,4 +1,5 @@
-"""benchmarks/bench_importance.py's OAR-G step rows run at tiny sizes (keeps the script from rotting)."""
+"""benchmarks/bench_importance.py's OAR-G step rows (the steps of benchmarks/baselines.py) run at
+tiny sizes (keeps the script from rotting)."""
 import math
 
 import pytest
@@ -12,10 +13,15 @@ def bench():
     return load_benchmark("bench_importance")
 
 
-def test_step_rows_with_lower_bound(bench):
+@pytest.fixture(scope="module")
+def bl():
+    return load_benchmark("baselines")
+
+
+def test_step_rows_with_lower_bound(bench, bl):
     torch.manual_seed(0)
-    model = bench.build_model(hidden=32, layers=2, heads=4, kv_heads=2, vocab=97)
-    segs = bench.make_segments(2, 5, 7, 3, 2, vocab=97)
+    model = bl.build_model(hidden=32, layers=2, heads=4, kv_heads=2, vocab=97)
+    segs = bl.make_segments(2, 5, 7, 3, 2, vocab=97)
     rows = bench.step_rows(model, segs, "cpu", repeats=1, modes=("answer_mean", "answer_joint"), floor=True)
     by = {name: (t, r, target) for name, t, r, target in rows}
     assert set(by) == {
@@ -25,7 +31,7 @@ def test_step_rows_with_lower_bound(bench):
         "OAR-G step (answer_mean, linearized)",
         "three-pass (naive OAR-G + GRPO step), answer_mean",
         "three-pass / OAR-G step (answer_mean)",
-        bench.FLOOR,
+        bl.FLOOR,
     }
     t_grpo = by["GRPO step (forward + loss backward)"][0]
     for name, (t, r, target) in by.items():
@@ -38,9 +44,9 @@ def test_step_rows_with_lower_bound(bench):
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_chunk_pass_differentiates_only_the_chunk_inputs(bench):
-    model = bench.build_model(hidden=32, layers=2, heads=4, kv_heads=2, vocab=97)
-    segs = bench.make_segments(3, 4, 6, 3, 2, vocab=97)
+def test_chunk_pass_differentiates_only_the_chunk_inputs(bl):
+    model = bl.build_model(hidden=32, layers=2, heads=4, kv_heads=2, vocab=97)
+    segs = bl.make_segments(3, 4, 6, 3, 2, vocab=97)
     calls = []
     real_grad = torch.autograd.grad
 
@@ -50,7 +56,7 @@ def test_chunk_pass_differentiates_only_the_chunk_inputs(bench):
 
     torch.autograd.grad = spy
     try:
-        bench.chunk_pass(model, segs, "cpu")
+        bl.chunk_pass(model, segs, "cpu")
     finally:
         torch.autograd.grad = real_grad
     # reasoning 6 + conclude 3 + answer 2 - 1 = 10 positions, hidden 32; no parameter touched

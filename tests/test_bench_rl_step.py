@@ -76,14 +76,14 @@ def test_gpu_rows_on_cpu_at_tiny_size():
     bench = _load_bench()
     rows = bench.gpu_rows("cpu", prompts=2, num_generations=2, max_completion_length=12, steps=1,
                           synthetic="tiny", synthetic_prompts=2, naive_budget=0.5)
-    assert rows and not [r for r in rows if "error" in r["metric"]], rows
-    shapes = {r["shape"].split()[0] for r in rows}
+    assert rows and not [r for r in rows if "error" in r.metric], rows
+    shapes = {r.shape.split()[0] for r in rows}
     assert shapes == {"default", "tiny"}
     for r in rows:
-        assert set(r) == {"op", "shape", "metric", "value", "target", "ok"} and r["value"] > 0
-        if r["target"].startswith("<= "):  # pass/fail is the ratio against the stated target
-            assert r["ok"] == (r["value"] <= float(r["target"][3:]))
-    algos = {r["metric"].split(" / grpo")[0] for r in rows if " / grpo full step" in r["metric"]}
+        assert r.op == "rl_step" and r.value > 0
+        if r.target.startswith("<= "):  # pass/fail is the ratio against the stated target
+            assert r.ok == (r.value <= float(r.target[3:]))
+    algos = {r.metric.split(" / grpo")[0] for r in rows if " / grpo full step" in r.metric}
     assert {"oar-g", "oar-g 1fwd", "oar-p"} <= algos
 
 

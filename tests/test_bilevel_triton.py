@@ -144,13 +144,11 @@ def test_degenerate_shapes(shape):
 
 
 def test_benchmark_gpu_rows_run_blind():
-    """benchmarks/bench_bilevel.py:gpu_rows runs end to end (tiny sizes, CPU interpreter)."""
+    """benchmarks/gpu_check.py:bilevel_rows runs end to end (tiny sizes, CPU interpreter)."""
     from bench_loader import load_benchmark
 
-    bench = load_benchmark("bench_bilevel")
-    rows = bench.gpu_rows("cpu", batch=3, seq=40, long_shape=(1, 70), repeats=1)
+    rows = load_benchmark("gpu_check").bilevel_rows("cpu", batch=3, seq=40, long_shape=(1, 70), repeats=1)
     assert len(rows) == 5
     for row in rows:
-        assert set(row) == {"op", "shape", "metric", "value", "target", "ok"}
-        assert "error" not in row["metric"], row
-    assert all(r["ok"] for r in rows[1:])  # correctness rows; the speed row is meaningless here
+        assert row.op == "bilevel_reshape" and "error" not in row.metric, row
+    assert all(r.ok for r in rows[1:])  # correctness rows; the speed row is meaningless here

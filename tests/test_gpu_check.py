@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
+from bench_loader import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import gpu_check  # noqa: E402
+gpu_check = load_benchmark("gpu_check")
+harness = load_benchmark("harness")
 
 
 def test_dry_run_every_section_with_liger_hidden(tmp_path):
@@ -58,38 +59,34 @@ def test_traffic_model_counts():
 
 
 def test_foreign_gpu_rows_stream_and_keep_their_budget():
-    """Each other script's gpu_rows hands every row to emit as it is made, and with no time
-    left skips what it has not started (saying so) instead of running it."""
-    from bench_loader import load_benchmark
-
-    bench = load_benchmark("bench_bilevel")
+    """The foreign section's rows are handed to emit as they are made, and with no time left
+    what has not started is skipped (saying so) instead of run."""
     seen = []
-    rows = bench.gpu_rows("cpu", batch=3, seq=40, long_shape=(1, 70), repeats=1, emit=seen.append, budget_s=0)
+    rows = gpu_check.bilevel_rows("cpu", batch=3, seq=40, long_shape=(1, 70), repeats=1, emit=seen.append, budget_s=0)
     assert seen == rows and len(rows) == 3  # the speed row, then each correctness shape skipped
-    assert all("skipped (time budget spent)" in r["metric"] for r in rows[1:])
+    assert all("skipped (time budget spent)" in r.metric for r in rows[1:])
 
 
 def test_trainer_gpu_rows_stream_without_a_budget():
-    """bench_trainer's gpu_rows with no budget (its default) runs each trainer to the end."""
-    from bench_loader import load_benchmark
-
+    """trainer_rows with no budget (its default) runs each trainer to the end, each in its own
+    process (baselines.trainer_step through harness.run_child)."""
     pytest.importorskip("trl")
     pytest.importorskip("datasets")
     seen = []
-    rows = load_benchmark("bench_trainer").gpu_rows("cpu", steps=2, hidden=32, layers=1, gens=2, prompts=2, completion=8,
-                                                    threads=1, emit=seen.append)
-    assert seen == rows and len(rows) == 3 and all(r["ok"] and r["value"] > 0 for r in rows), rows
+    rows = gpu_check.trainer_rows("cpu", steps=2, hidden=32, layers=1, gens=2, prompts=2, completion=8, threads=1,
+                                  emit=seen.append)
+    assert seen == rows and len(rows) == 3 and all(r.ok and r.value > 0 for r in rows), rows
 
 
 def test_stream_kills_at_its_timeout():
-    """The kernel tests' runner: lines come as they are printed; past the timeout the child and
-    its own children are killed and the status is None."""
+    """The child-process runner (the kernel tests'): lines come as they are printed; past the
+    timeout the child and its own children are killed and the status is None."""
     lines = []
     code = "import subprocess, sys, time; print('started', flush=True); subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
     t0 = time.monotonic()
-    assert gpu_check.stream([sys.executable, "-c", code], 2, lines.append) is None
+    assert harness.stream([sys.executable, "-c", code], 2, lines.append) is None
     assert lines == ["started"] and time.monotonic() - t0 < 30
-    assert gpu_check.stream([sys.executable, "-c", "print('x')"], 30, lines.append) == 0 and lines[-1] == "x"
+    assert harness.stream([sys.executable, "-c", "print('x')"], 30, lines.append) == 0 and lines[-1] == "x"
 
 
 def test_install_wheels_offline(tmp_path):

@@ -1,14 +1,11 @@
-"""The baselines of benchmarks/lm_head_baselines.py compute what our ops compute (else their
-timings in bench_baselines.py and gpu_check.py would compare unlike things). Tiny sizes; the
-torch.compile'd variants and Cut Cross-Entropy are left to the benchmarks (compile time)."""
-import sys
-from pathlib import Path
-
+"""The LM-head baselines of benchmarks/baselines.py compute what our ops compute (else their
+timings in benchmarks/test_bench_ops.py and gpu_check.py would compare unlike things). Tiny
+sizes; the torch.compile'd variants and Cut Cross-Entropy are left to the benchmarks (compile time)."""
 import pytest
 import torch
+from bench_loader import load_benchmark
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import lm_head_baselines as lb  # noqa: E402
+lb = load_benchmark("baselines")
 
 
 def _close(got, want):

@@ -187,13 +187,11 @@ def test_bad_input():
 
 
 def test_benchmark_gpu_rows_run_blind():
-    """benchmarks/bench_saliency.py:gpu_rows runs end to end (tiny sizes, CPU interpreter)."""
+    """benchmarks/gpu_check.py:saliency_rows runs end to end (tiny sizes, CPU interpreter)."""
     from bench_loader import load_benchmark
 
-    bench = load_benchmark("bench_saliency")
-    rows = bench.gpu_rows("cpu", shape=(2, 3, 24), dtype=torch.bfloat16, repeats=1, hidden_mult=1)
+    rows = load_benchmark("gpu_check").saliency_rows("cpu", shape=(2, 3, 24), dtype=torch.bfloat16, repeats=1, hidden_mult=1)
     assert len(rows) == 3
     for row in rows:
-        assert set(row) == {"op", "shape", "metric", "value", "target", "ok"}
-        assert "error" not in row["metric"], row
-    assert rows[2]["ok"], rows[2]  # kernel vs float64 reference
+        assert row.op == "saliency_probe" and "error" not in row.metric, row
+    assert rows[2].ok, rows[2]  # kernel vs float64 reference

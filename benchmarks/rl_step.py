@@ -12,23 +12,24 @@ What is measured (one process, the trainer's own functions from oar_kernels.trai
   must give identical completions each time; those completions are then reused by every
   algorithm, so only the OAR part differs between grpo, oar-g and oar-p.
 * reward: the trainer's reward function (accuracy_reward) + group_advantages.
-* importance: train.weights.oar_weights minus the Bi-Level reshape inside it (segment building + the
-  importance function the trainer picks: gradient_importance for oar-g,
-  perturbation_importance for oar-p; zero for grpo).
-* reshape: bilevel_reshape as called by oar_weights (timed by wrapping it).
-* update: the trainer's policy update: padding, completion_logp (forward at the sampling
-  temperature), grpo_loss with the OAR weights, backward, gradient clipping, AdamW step.
+* importance: train.weights.weigh_rollout minus the Bi-Level reshape inside it (segment building +
+  the importance function the trainer picks: gradient_importance for oar-g,
+  perturbation_importance for oar-p; nothing for grpo).
+* reshape: bilevel_reshape as called by weigh_rollout (timed by wrapping it).
+* update: the trainer's update, train.update.update (padding, micro-batches, completion_logp
+  at the sampling temperature, grpo_loss with the OAR weights, backward, gradient clipping,
+  AdamW step) on a train.loop.Run of this process and a generation.Rollout of the rows.
 
 Each algorithm starts from a copy of the same initial weights and a fresh AdamW; one warm-up
 step, then the median of --steps repeated steps (the same rollout every step; the weights move
 between steps as in training). The full step = rollout + reward + importance + reshape + update.
 
-Extra rows: "oar-g bound" (KL modes) is the grpo step plus bench_importance.chunk_pass on the
+Extra rows: "oar-g bound" (KL modes) is the grpo step plus baselines.chunk_pass on the
 scored rows: a lower bound for an exact OAR-G step that packs ragged chunks as OARGStep does
 (see there; only a kernel without any padding could go below it). "oar-g 1fwd" is the one-forward training-step form (oar_kernels.importance.OARGStep:
 the GRPO forward also yields the OAR-G saliency, its backward is the update's; the trainer's
 `--oarg_step one-forward`, and its choice under `auto` in a single process), shown with
-importance fused into the update column; "oar-g" is the separate gradient_importance pass
+importance fused into the update column (the update's forward scores the rows); "oar-g" is the separate gradient_importance pass
 before the update (`--oarg_step separate`, and the choice under torchrun). The OAR-P table compares
 perturbation_importance(prefix_reuse=True) with prefix_reuse=False and the naive oracle
 (oar_kernels.reference.perturbation_importance_naive, one forward per reasoning token;
@@ -40,8 +41,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import io
 import os
 import statistics
 import time
@@ -54,18 +53,6 @@ ALGOS = ("grpo", "oar-g", "oar-p")
 PARTS = ("rollout", "reward", "importance", "reshape", "update")
 TARGET_OARG = 1.15
 
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _now(device):
-    _sync(device)
-    return time.perf_counter()
-
-
-# ------------------------------------------------------------------------------------ setup
 
 def make_config(algo="grpo", prompts=16, num_generations=8, max_completion_length=48, seed=0, **kw):
     """The trainer's TrainConfig with the benchmark's batch (everything else: trainer defaults)."""
@@ -89,19 +76,18 @@ def load_model(model: str, device: torch.device, dtype: str = "float32", log: Ca
 
 @contextlib.contextmanager
 def _timed_oar_parts(acc: Dict[str, float], device):
-    """Wraps trainer_weights.importance_fns / trainer_weights.bilevel_reshape so that the trainer's oar_weights reports the
-    time of the importance function and of the reshape it calls (restored on exit)."""
+    """Wraps trainer_weights.importance_fns / trainer_weights.bilevel_reshape so that the trainer's
+    weigh_rollout reports the time of the importance function and of the reshape it calls
+    (restored on exit)."""
     from oar_kernels.train import weights as trainer_weights
 
     orig_fns, orig_reshape = trainer_weights.importance_fns, trainer_weights.bilevel_reshape
 
     def timed(fn, key):
         def wrapper(*a, **k):
-            t = _now(device)
-            try:
-                return fn(*a, **k)
-            finally:
-                acc[key] = acc.get(key, 0.0) + _now(device) - t
+            dt, out = harness.timed(lambda: fn(*a, **k), device)
+            acc[key] = acc.get(key, 0.0) + dt
+            return out
         return wrapper
 
     def fns():
@@ -115,46 +101,12 @@ def _timed_oar_parts(acc: Dict[str, float], device):
         trainer_weights.importance_fns, trainer_weights.bilevel_reshape = orig_fns, orig_reshape
 
 
-def policy_update(model, opt, sched, tokenizer, rows, adv, weights, cfg, device) -> float:
-    """train.update.update for one process and one micro-batch: padding, forward at
-    the sampling temperature (through the fused LM-head log-probs where the trainer would use
-    them: train.update.fused_lm_head), weighted grpo_loss, backward, clipping, optimizer step."""
-    from oar_kernels import grpo_loss
-    from oar_kernels.rollout import left_pad, right_pad
-    from oar_kernels.train.update import completion_logp, fused_lm_head
-
-    p_ids, p_mask = left_pad([r[0] for r in rows], tokenizer.pad_token_id)
-    c_ids, c_mask = right_pad([r[1] for r in rows], tokenizer.pad_token_id)
-    C = c_ids.shape[1]
-    w = torch.ones((len(rows), C))
-    w[:, : min(C, weights.shape[1])] = weights[:, :C]
-    truncated = torch.tensor([r[3] for r in rows])
-    loss_mask = c_mask & ~truncated.unsqueeze(1) if cfg.mask_truncated_completions else c_mask
-    ids = torch.cat([p_ids, c_ids], dim=1).to(device)
-    att = torch.cat([p_mask, c_mask], dim=1).to(device)
-    model.train()
-    opt.zero_grad(set_to_none=True)
-    logp = completion_logp(model, ids, att, p_ids.shape[1], cfg.temperature, lm_head=fused_lm_head(model, cfg, ids.numel()))
-    loss, _ = grpo_loss(logp, None, adv.to(device), loss_mask.to(device), weights=w.to(device),
-                        epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta, loss_type=cfg.loss_type,
-                        max_completion_length=cfg.max_completion_length, num_sequences=len(rows),
-                        num_items_in_batch=float(loss_mask.sum()))
-    loss.backward()
-    if cfg.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-    opt.step()
-    sched.step()
-    opt.zero_grad(set_to_none=True)
-    return float(loss.detach())
-
-
-def _segments_for_step(rows, adv, tokenizer, cfg):
+def _scored(batch, tokenizer, cfg):
     """(one Segments per row, the scored rows): the trainer's own choice (train.weights.row_segments:
-    nonzero advantage, an answer, some reasoning; empty Segments, weight 1, for the others), as
-    OARGStep wants them. Synthetic mode patches the build_segments it calls."""
+    nonzero advantage, an answer, some reasoning). Synthetic mode patches the build_segments it calls."""
     from oar_kernels.train.weights import row_segments
 
-    picked, segs = row_segments(rows, adv, tokenizer, cfg, None)
+    picked, segs = row_segments(batch.rows, batch.advantages, tokenizer, cfg, batch.answers)
     return segs, picked
 
 
@@ -219,40 +171,6 @@ def synthetic_model(name: str, device, dtype=torch.float32):
 
 # ------------------------------------------------------------------------------------ measurement
 
-def _oarg_step_once(model, opt, sched, tokenizer, rows, adv, cfg, seed, k, device):
-    """One update with the one-forward OAR-G step; (importance s (segment building), 0,
-    forward + saliency + reshape + loss + backward + step s, responses scored)."""
-    from oar_kernels.importance import OARGStep
-    from oar_kernels.train.generation import derive_seed
-
-    from oar_kernels.train.update import fused_lm_head
-
-    step = OARGStep(model, mode=cfg.resolved_pfinal_mode(), noise_std=cfg.noise_std, score=cfg.saliency,
-                    tau=cfg.tau, beta=cfg.oar_beta, floor=cfg.floor, sum_to_len=cfg.sum_to_len,
-                    fused_head=fused_lm_head(model, cfg, len(rows) * max(len(x[0]) + len(x[1]) for x in rows)) is not None,
-                    temperature=cfg.temperature)
-    responses = [torch.as_tensor(x[1], dtype=torch.long) for x in rows]
-    t = _now(device)
-    segs, picked = _segments_for_step(rows, adv, tokenizer, cfg)
-    t_seg = _now(device) - t
-    t = _now(device)
-    model.train()
-    opt.zero_grad(set_to_none=True)
-    gen = torch.Generator().manual_seed(derive_seed(seed, k, "noise", 0))
-    out = step(segs, responses, generator=gen)
-    loss, _ = out.loss(adv.to(device), old_logp=None, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
-                       beta=cfg.beta, loss_type=cfg.loss_type, max_completion_length=cfg.max_completion_length,
-                       num_sequences=len(rows), num_items_in_batch=float(out.mask.sum()))
-    loss.backward()
-    del out, loss
-    if cfg.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-    opt.step()
-    sched.step()
-    opt.zero_grad(set_to_none=True)
-    return t_seg, 0.0, _now(device) - t, len(picked)
-
-
 def run(model, tokenizer, prompts=16, num_generations=8, max_completion_length=48, steps=3, warmup=1,
         seed=0, naive_budget=20.0, oarg_step=True, prefix_table=True, device=None, log: Callable = print,
         synthetic: bool = False) -> Dict:
@@ -272,8 +190,11 @@ def _measure(model, tokenizer, prompts, num_generations, max_completion_length, 
     from oar_kernels import group_advantages
     from oar_kernels.data import format_prompt, load_task
     from oar_kernels.rewards import load_reward_fn
-    from oar_kernels.train import generation, weights as trainer_weights
-    from oar_kernels.train.update import make_optimizer
+    from oar_kernels.train import generation
+    from oar_kernels.train.distributed import Dist
+    from oar_kernels.train.loop import Run
+    from oar_kernels.train.update import make_optimizer, update
+    from oar_kernels.train.weights import weigh_rollout
 
     device = device or next(model.parameters()).device
     base = make_config("grpo", prompts, num_generations, max_completion_length, seed)
@@ -289,19 +210,17 @@ def _measure(model, tokenizer, prompts, num_generations, max_completion_length, 
     t_roll, rows = [], None
     for k in range(reps):
         model.load_state_dict(init_state)
-        t = _now(device)
-        r = generation.sample(model, tokenizer, prompt_texts, base, sample_seeds)
-        dt = _now(device) - t
+        dt, r = harness.timed(lambda: generation.sample(model, tokenizer, prompt_texts, base, sample_seeds), device)
         if rows is None:
             rows = r
-        elif device.type == "cpu" and [x[1] for x in r] != [x[1] for x in rows]:
+        elif device.type == "cpu" and [x.response_ids for x in r] != [x.response_ids for x in rows]:
             log("[rl_step] note: a repeated rollout with the same seed gave other completions; the first is used")
         if k >= warmup:
             t_roll.append(dt)
-    completion_tokens = sum(len(x[1]) for x in rows)
+    completion_tokens = sum(len(x.response_ids) for x in rows)
 
     # 2. reward + advantages
-    texts = [x[2] for x in rows]
+    texts = [x.text for x in rows]
     answers = [e.answer for e in examples for _ in range(num_generations)]
     prompts_rep = [p for p in prompt_texts for _ in range(num_generations)]
     t_rew = []
@@ -315,85 +234,77 @@ def _measure(model, tokenizer, prompts, num_generations, max_completion_length, 
         if k >= warmup:
             t_rew.append(time.perf_counter() - t)
 
+    def rollout(k):  # generation batch k: the same rollout, fresh weights
+        return generation.Rollout(index=k, prompts=prompts_rep, answers=answers, rows=rows, rewards=rewards,
+                                  correct=rewards, advantages=adv)
+
     common = {"rollout": statistics.median(t_roll), "reward": statistics.median(t_rew)}
     results = {"rows": [], "completion_tokens": completion_tokens, "responses": len(rows),
                "reward_mean": float(rewards.mean()), "device": str(device),
                "params": sum(p.numel() for p in model.parameters())}
 
-    # 3. importance + reshape + update per algorithm (the trainer's path), and the one-forward
-    # OAR-G step; the algorithms take turns within each repeat (so load drift on a shared
-    # machine hits them alike), each with its own weights and AdamW state.
+    # 3. importance + reshape (train.weights.weigh_rollout) and the update (train.update.update) per
+    # algorithm, as train_step runs them: oar-g with the separate gradient_importance pass, and
+    # "oar-g 1fwd" the one-forward OARGStep inside the update. The algorithms take turns within
+    # each repeat (so load drift on a shared machine hits them alike), each with its own weights
+    # and AdamW state.
     algos = list(ALGOS) + (["oar-g 1fwd"] if oarg_step else [])
-    cfgs = {a: make_config("oar-g" if a == "oar-g 1fwd" else a, prompts, num_generations, max_completion_length, seed)
-            for a in algos}
-    opts, scheds, states = {}, {}, {}
+    runs, states = {}, {}
     for a in algos:
+        cfg = make_config("oar-g" if a == "oar-g 1fwd" else a, prompts, num_generations, max_completion_length,
+                          seed, oarg_step="one-forward" if a == "oar-g 1fwd" else "separate")
         model.load_state_dict(init_state)
-        opts[a], scheds[a] = make_optimizer(model, cfgs[a])
+        runs[a] = Run(cfg, Dist(), device, model, model, tokenizer, *make_optimizer(model, cfg), task, [], reward_fn)
         states[a] = {k: v.clone() for k, v in init_state.items()}
     per = {a: {k: [] for k in ("importance", "reshape", "update")} for a in algos}
     scored = {a: 0 for a in algos}
     for k in range(reps):
         for a in algos:
-            cfg, opt, sched = cfgs[a], opts[a], scheds[a]
             model.load_state_dict(states[a])
-            if a == "oar-g 1fwd":
-                t_imp, t_res, t_upd, n = _oarg_step_once(model, opt, sched, tokenizer, rows, adv, cfg, seed, k, device)
-            else:
-                acc: Dict[str, float] = {}
-                stats: Dict[str, float] = {}
-                with _timed_oar_parts(acc, device):
-                    t = _now(device)
-                    weights, _ = trainer_weights.oar_weights(model, tokenizer, rows, adv, cfg,
-                                                  generation.derive_seed(seed, k, "noise", 0), stats)
-                    t_oar = _now(device) - t
-                t = _now(device)
-                policy_update(model, opt, sched, tokenizer, rows, adv, weights, cfg, device)
-                t_upd = _now(device) - t
-                t_res = acc.get("reshape", 0.0)
-                t_imp, n = t_oar - t_res, int(stats.get("oar_responses", 0))
+            batch, acc = rollout(k), {}
+            with _timed_oar_parts(acc, device):
+                t_oar, _ = harness.timed(lambda: weigh_rollout(runs[a], batch), device)
+            t_upd, _ = harness.timed(lambda: update(runs[a], batch, 0), device)
             states[a] = {kk: v.detach().clone() for kk, v in model.state_dict().items()}
-            scored[a] = n
+            scored[a] = batch.oar_responses
             if k >= warmup:
-                per[a]["importance"].append(t_imp)
-                per[a]["reshape"].append(t_res)
+                per[a]["importance"].append(t_oar - acc.get("reshape", 0.0))
+                per[a]["reshape"].append(acc.get("reshape", 0.0))
                 per[a]["update"].append(t_upd)
     for a in algos:
         parts = dict(common, **{kk: statistics.median(v) for kk, v in per[a].items()})
         results["rows"].append({"algo": a, "scored": scored[a], **parts})
         log(f"[rl_step] {a}: " + ", ".join(f"{kk} {v:.3f}s" for kk, v in parts.items()) + f" ({scored[a]} responses scored)")
-    del opts, scheds, states
+    runs.clear()  # their optimizer states
+    states.clear()
 
     # 4. A lower bound for exact OAR-G in the KL modes: the GRPO step plus the least work any
-    # exact step adds (bench_importance.chunk_pass on the scored rows: a forward of reasoning
+    # exact step adds (baselines.chunk_pass on the scored rows: a forward of reasoning
     # + conclude (+ answer) without the prompt and a backward to those inputs only)
-    mode = cfgs["oar-g"].resolved_pfinal_mode()
+    cfg = make_config("oar-g", prompts, num_generations, max_completion_length, seed)
+    mode = cfg.resolved_pfinal_mode()
     if oarg_step and mode != "answer_joint":
         from baselines import chunk_pass
 
-        segs, picked = _segments_for_step(rows, adv, tokenizer, cfgs["oar-g"])
+        segs, picked = _scored(rollout(0), tokenizer, cfg)
         if picked:
             model.load_state_dict(init_state)
             model.train()
-            t_chunk = []
-            for k in range(reps):
-                t = _now(device)
-                chunk_pass(model, [segs[i] for i in picked], device, mode)
-                if k >= warmup:
-                    t_chunk.append(_now(device) - t)
+            t_chunk = [harness.timed(lambda: chunk_pass(model, [segs[i] for i in picked], device, mode), device)[0]
+                       for _ in range(reps)][warmup:]
             grpo = next(r for r in results["rows"] if r["algo"] == "grpo")
             results["rows"].append({**grpo, "algo": "oar-g bound", "scored": len(picked),
                                     "importance": statistics.median(t_chunk), "reshape": 0.0})
 
     # 5. OAR-P: prefix reuse vs plain batched vs the naive oracle, on the initial weights
     if prefix_table:
-        results["oarp"] = oarp_prefix_saving(model, tokenizer, rows, adv, init_state, seed, prompts,
+        results["oarp"] = oarp_prefix_saving(model, tokenizer, rollout(0), init_state, seed, prompts,
                                              num_generations, max_completion_length, steps, naive_budget, device)
     model.load_state_dict(init_state)
     return results
 
 
-def oarp_prefix_saving(model, tokenizer, rows, adv, init_state, seed, prompts, num_generations,
+def oarp_prefix_saving(model, tokenizer, batch, init_state, seed, prompts, num_generations,
                        max_completion_length, steps, naive_budget, device) -> Dict:
     from oar_kernels.importance import perturbation_importance
     from oar_kernels.reference import perturbation_importance_naive
@@ -401,31 +312,25 @@ def oarp_prefix_saving(model, tokenizer, rows, adv, init_state, seed, prompts, n
     cfg = make_config("oar-p", prompts, num_generations, max_completion_length, seed)
     model.load_state_dict(init_state)
     model.eval()
-    segs, picked = _segments_for_step(rows, adv, tokenizer, cfg)
+    segs, picked = _scored(batch, tokenizer, cfg)
     segs = [segs[i] for i in picked]
     mode = cfg.resolved_pfinal_mode()
     out = {"responses": len(segs), "reasoning_tokens": sum(s.num_reasoning for s in segs), "mode": mode}
     if not segs:
         return out
 
-    def med(fn, n):
-        ts = []
-        for _ in range(n + 1):
-            t = _now(device)
-            fn()
-            ts.append(_now(device) - t)
-        return statistics.median(ts[1:])
-
     kw = dict(mode=mode, perturb_token=cfg.perturb_token, max_batch_tokens=cfg.max_batch_tokens)
-    out["reuse"] = med(lambda: perturbation_importance(model, segs, prefix_reuse=True, **kw), max(1, steps))
-    out["plain"] = med(lambda: perturbation_importance(model, segs, prefix_reuse=False, **kw), max(1, steps))
+    for key, reuse in (("reuse", True), ("plain", False)):
+        out[key] = harness.time_fn(lambda: perturbation_importance(model, segs, prefix_reuse=reuse, **kw), device,
+                                   max(1, steps)).median
     # naive: whole responses until the budget is spent, extrapolated by forwards (R + 1 per response)
-    t0, done = _now(device), 0
+    t0, done = time.perf_counter(), 0
     with torch.no_grad():
-        while done < len(segs) and (_now(device) - t0 < naive_budget or done == 0):
-            perturbation_importance_naive(model, [segs[done]], mode=mode, perturb_token=cfg.perturb_token)
+        while done < len(segs) and (time.perf_counter() - t0 < naive_budget or done == 0):
+            harness.timed(lambda: perturbation_importance_naive(model, [segs[done]], mode=mode,
+                                                                perturb_token=cfg.perturb_token), device)
             done += 1
-    t_part = _now(device) - t0
+    t_part = time.perf_counter() - t0
     fw_done = sum(s.num_reasoning + 1 for s in segs[:done])
     fw_all = sum(s.num_reasoning + 1 for s in segs)
     out["naive"] = t_part * fw_all / fw_done
@@ -452,61 +357,48 @@ def table_rows(res: Dict) -> List[Dict]:
     return out
 
 
-def format_table(res: Dict, fmt: str = "md") -> str:
-    rows = table_rows(res)
-    cols = list(rows[0].keys())
-    if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-        if "oarp" in res and "reuse" in res["oarp"]:
-            o = res["oarp"]
-            buf.write("\noar-p importance,s,x reuse\n")
-            for k in ("reuse", "plain", "naive"):
-                buf.write(f"{k},{o[k]:.6g},{o[k] / o['reuse']:.4g}\n")
-        return buf.getvalue()
-
-    def cell(k, v):
-        if isinstance(v, float):
-            if k.endswith("%"):
-                return f"{v:.1f}"
-            if k == "x grpo":
-                return f"{v:.3f}"
-            if k == "tokens/s":
-                return f"{v:.0f}"
-            return f"{v:.3f}"
+def _cell(k, v) -> str:
+    if not isinstance(v, float):
         return str(v)
+    return f"{v:.1f}" if k.endswith("%") else f"{v:.0f}" if k == "tokens/s" else f"{v:.3f}"
 
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for r in rows:
-        lines.append("| " + " | ".join(cell(k, v) for k, v in r.items()) + " |")
+
+def _oarp_rows(res: Dict) -> List[Dict]:
+    o = res.get("oarp", {})
+    if "reuse" not in o:
+        return []
+    names = {"reuse": "prefix_reuse=True", "plain": "prefix_reuse=False", "naive": f"naive oracle ({o.get('naive_measured')})"}
+    return [{"oar-p importance": names[k], "s": o[k], "x prefix_reuse=True": o[k] / o["reuse"]} for k in names]
+
+
+def format_table(res: Dict) -> str:
+    """The step table and the OAR-P table in Markdown (harness.render)."""
+    rows = table_rows(res)
+    lines = [harness.render([{k: _cell(k, v) for k, v in r.items()} for r in rows], cols=tuple(rows[0]))]
     by = {r["algo"]: r for r in rows}
-    lines.append("")
     lines.append(f"{res['responses']} responses, {res['completion_tokens']} completion tokens per step, "
                  f"mean reward {res['reward_mean']:.3f}, {res['params'] / 1e6:.2f}M parameters, {res['device']}.")
-    g = by["oar-g"]["x grpo"]
-    lines.append(f"oar-g / grpo per full step: {g:.3f}x (target <= {TARGET_OARG}: {'met' if g <= TARGET_OARG else 'NOT met'})")
-    if "oar-g 1fwd" in by:
-        g1 = by["oar-g 1fwd"]["x grpo"]
-        lines.append(f"oar-g (one-forward OARGStep) / grpo per full step: {g1:.3f}x "
-                     f"(target <= {TARGET_OARG}: {'met' if g1 <= TARGET_OARG else 'NOT met'})")
+    for algo, what in (("oar-g", "oar-g"), ("oar-g 1fwd", "oar-g (one-forward OARGStep)")):
+        if algo in by:
+            g = by[algo]["x grpo"]
+            lines.append(f"{what} / grpo per full step: {g:.3f}x (target <= {TARGET_OARG}: "
+                         f"{'met' if g <= TARGET_OARG else 'NOT met'})")
     if "oar-g bound" in by:
         lines.append(f"lower bound for exact oar-g in this mode (grpo + packed chunk forward + input backward): "
                      f"{by['oar-g bound']['x grpo']:.3f}x")
     lines.append(f"oar-p / grpo per full step: {by['oar-p']['x grpo']:.3f}x (reported)")
-    o = res.get("oarp")
-    if o and "reuse" in o:
-        lines.append("")
-        lines.append(f"OAR-P importance (mode {o['mode']}, {o['responses']} responses, {o['reasoning_tokens']} reasoning tokens):")
-        lines.append("")
-        lines.append("| oar-p importance | s | x prefix_reuse=True |")
-        lines.append("|---|---|---|")
-        lines.append(f"| prefix_reuse=True | {o['reuse']:.3f} | 1.00 |")
-        lines.append(f"| prefix_reuse=False | {o['plain']:.3f} | {o['plain'] / o['reuse']:.2f} |")
-        lines.append(f"| naive oracle ({o['naive_measured']}) | {o['naive']:.3f} | {o['naive'] / o['reuse']:.2f} |")
+    o = res.get("oarp", {})
+    if "reuse" in o:
+        lines += ["", f"OAR-P importance (mode {o['mode']}, {o['responses']} responses, {o['reasoning_tokens']} "
+                  "reasoning tokens):", "",
+                  harness.render([{k: _cell(k, v) for k, v in r.items()} for r in _oarp_rows(res)],
+                                 cols=("oar-p importance", "s", "x prefix_reuse=True"))]
     return "\n".join(lines)
+
+
+def write_csv(res: Dict, path: str) -> None:
+    """Both tables' rows as CSV, each line with the run's environment (harness.write_csv)."""
+    harness.write_csv(table_rows(res) + _oarp_rows(res), path, harness.environment(res["device"]))
 
 
 # ------------------------------------------------------------------------------------ GPU rows
@@ -609,9 +501,11 @@ def main(argv=None) -> Dict:
               synthetic=bool(a.synthetic) or a.score_all)
     text = format_table(res)
     print(text)
-    if a.out:
+    if a.out.endswith(".csv"):
+        write_csv(res, a.out)
+    elif a.out:
         with open(a.out, "w") as f:
-            f.write(format_table(res, "csv" if a.out.endswith(".csv") else "md") + "\n")
+            f.write(text + "\n")
     return res
 
 

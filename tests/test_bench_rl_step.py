@@ -1,4 +1,5 @@
-"""benchmarks/rl_step.py at tiny sizes (a tiny model from a config, one step), so it cannot rot."""
+"""benchmarks/rl_step.py at tiny sizes (a tiny model from a config, one step), so it cannot rot; it
+times the trainer's own weigh_rollout and update."""
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ def _tiny_policy():
     return model.eval(), tok
 
 
-def test_rl_step_tiny(monkeypatch):
+def test_rl_step_tiny(monkeypatch, tmp_path):
     bench = _load_bench()
     from oar_kernels.data import load_task
     from oar_kernels.train import generation
@@ -39,7 +40,7 @@ def test_rl_step_tiny(monkeypatch):
         for j in range(len(prompts)):
             sol = task.train_example(cfg.seed, j).solution
             ids = tokenizer.encode(sol, add_special_tokens=False) + [tokenizer.eos_token_id]
-            out[j * G] = (rows[j * G][0], ids, sol, False)
+            out[j * G] = rows[j * G]._replace(response_ids=ids, text=sol, truncated=False)
         return out
 
     monkeypatch.setattr(generation, "sample", sample)
@@ -62,8 +63,9 @@ def test_rl_step_tiny(monkeypatch):
     assert o["responses"] >= 1 and o["reuse"] > 0 and o["plain"] > 0 and o["naive"] > 0
     md = bench.format_table(res)
     assert "oar-g / grpo per full step" in md and "prefix_reuse=False" in md and "lower bound" in md
-    csv_text = bench.format_table(res, "csv")
-    assert csv_text.splitlines()[0].startswith("algo,s/step,tokens/s")
+    bench.write_csv(res, str(tmp_path / "rl.csv"))
+    csv_text = (tmp_path / "rl.csv").read_text()
+    assert csv_text.splitlines()[0].startswith("algo,s/step,tokens/s") and ",commit," in csv_text.splitlines()[0]
     rows = bench.table_rows(res)
     assert rows[0]["x grpo"] == pytest.approx(1.0)
     # the weights are restored after the benchmark
@@ -106,3 +108,20 @@ def test_rl_step_synthetic_scores_every_response():
     seg = bench.synthetic_segments([5, 6], [7, 8, 9, 10, 11, 12, tok.eos_token_id], tok, "So: ")
     assert seg.reasoning_ids.tolist() == [7, 8] and seg.answer_ids.tolist() == [9, 10, 11, 12]
     assert seg.conclude_ids.tolist() == tok.encode("So: ", add_special_tokens=False)
+
+
+def test_rl_step_times_the_trainers_update(monkeypatch):
+    """The update column is the trainer's own train.update.update (and the importance column its
+    weigh_rollout), once per algorithm and repeat, not a copy of them."""
+    bench = _load_bench()
+    from oar_kernels.train import update as trainer_update
+    from oar_kernels.train import weights as trainer_weights
+
+    calls = []
+    for mod, name in ((trainer_update, "update"), (trainer_weights, "weigh_rollout")):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _real=real, _name=name, **k: (calls.append(_name), _real(*a, **k))[1])
+    model, tok, _ = bench.synthetic_model("tiny", "cpu")
+    bench.run(model, tok, prompts=2, num_generations=2, max_completion_length=8, steps=1, warmup=0, naive_budget=0.5,
+              prefix_table=False, log=lambda *a, **k: None, synthetic=True)
+    assert calls.count("update") == calls.count("weigh_rollout") == 4  # grpo, oar-g, oar-p, oar-g 1fwd; one repeat

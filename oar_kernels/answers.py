@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from importlib import import_module
 from typing import Callable, Optional
 
 
@@ -80,3 +81,34 @@ def extract_answer(text: str) -> Optional[AnswerSpan]:
     if not isinstance(text, str):
         raise ValueError(f"text: expected a str, got {type(text).__name__}")
     return _boxed(text) or _after_marker(text, _HASHES) or _after_marker(text, _ANSWER_IS)
+
+
+DEFAULT_EXTRACTOR = "oar_kernels.answers.extract_answer"
+
+
+def resolve_extractor(value, name: str = "answer_extractor") -> AnswerExtractor:
+    """An answer extractor from None (``extract_answer``), a callable or an import path
+    ("pkg.mod.func" or "pkg.mod:func"). One rule for every integration (TRL, verl): an import
+    path keeps a config picklable and serialisable. `name` is the option named in errors."""
+    if value is None:
+        return extract_answer
+    if callable(value):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(
+            f"{name}: expected a callable or an import path such as {DEFAULT_EXTRACTOR!r}, got {value!r}"
+        )
+    path = value.strip()
+    if ":" in path:
+        module_name, _, attr = path.partition(":")
+    else:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(f"{name}: {value!r} is not an import path 'module.function'")
+    try:
+        fn = getattr(import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"{name}: cannot import {value!r} ({err})") from None
+    if not callable(fn):
+        raise ValueError(f"{name}: {value!r} is not callable")
+    return fn

@@ -8,7 +8,7 @@ response positions >= len(reasoning) (the answer statement, EOS) are 1.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -165,3 +165,63 @@ def build_segments(
     k = reasoning_length(tokenizer, response, span.start)
     answer = tokenizer.encode(span.text if reference_answer is None else reference, add_special_tokens=False)
     return Segments(prompt, response[:k], conclude, answer, answer_text=span.text)
+
+
+# why a response is not scored (its weights stay 1): the keys of build_scored_segments' counts
+SKIP_REASONS = ("zero_advantage", "empty", "no_answer", "no_reasoning", "too_long")
+
+
+def build_scored_segments(
+    prompts: Sequence,
+    responses: Sequence,
+    tokenizer,
+    extractor: AnswerExtractor = extract_answer,
+    conclude_text: str = DEFAULT_CONCLUDE_TEXT,
+    references: Optional[Sequence] = None,
+    advantages: Optional[Sequence[float]] = None,
+    max_length: Optional[int] = None,
+    with_answer: bool = False,
+) -> Tuple[List[int], List[Segments], Dict[str, List[int]]]:
+    """Which responses of a batch OAR scores, and their Segments: the one rule of the TRL adapter
+    and the verl plugin (docs/algorithm.md section 8, row 3).
+
+    A response is scored when its advantage (if `advantages` is given) is non-zero, it has at
+    least one token, it has an extractable final answer (with `references`, one answer per
+    response, the reference answer is used instead and every response qualifies) with a
+    non-empty reasoning before it, and its scoring sequence (with the answer when
+    `with_answer`) fits `max_length` (the model's context; None: no limit). Every other response
+    keeps weight 1 at every position.
+
+    Returns (rows, segments, skipped): the indices of the scored responses, their Segments
+    (build_segments), and for each of SKIP_REASONS the indices of the responses it left out.
+    """
+    n = len(responses)
+    if len(prompts) != n:
+        raise ValueError(f"prompts: expected {n} prompts (one per response), got {len(prompts)}")
+    for name, values in (("references", references), ("advantages", advantages)):
+        if values is not None and len(values) != n:
+            raise ValueError(f"{name}: expected {n} values (one per response), got {len(values)}")
+    skipped: Dict[str, List[int]] = {reason: [] for reason in SKIP_REASONS}
+    rows, segments = [], []
+    for b in range(n):
+        if advantages is not None and float(advantages[b]) == 0.0:
+            skipped["zero_advantage"].append(b)
+            continue
+        response = _as_ids("responses", responses[b])
+        if response.numel() == 0:
+            skipped["empty"].append(b)
+            continue
+        seg = build_segments(prompts[b], response, tokenizer, extractor=extractor, conclude_text=conclude_text,
+                             reference_answer=None if references is None else references[b])
+        if seg.answer_text is None and references is None:
+            skipped["no_answer"].append(b)
+            continue
+        if seg.num_reasoning == 0:
+            skipped["no_reasoning"].append(b)
+            continue
+        if max_length is not None and seg.sequence(with_answer).numel() > max_length:
+            skipped["too_long"].append(b)
+            continue
+        rows.append(b)
+        segments.append(seg)
+    return rows, segments, skipped

@@ -37,7 +37,6 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from importlib import import_module
 from typing import Callable, List, Optional, Tuple
 
 import torch
@@ -49,9 +48,10 @@ except ImportError as _err:  # pragma: no cover - exercised only without trl
         "oar_kernels.integrations.trl needs TRL; install it with: pip install 'oar_kernels[trl]'"
     ) from _err
 
-from ..answers import AnswerSpan, extract_answer
+from ..answers import DEFAULT_EXTRACTOR, AnswerSpan
+from ..answers import resolve_extractor as _resolve_extractor
 from ..importance import MODES as _MODES, EvalMode
-from ..segments import DEFAULT_CONCLUDE_TEXT, Segments, build_segments
+from ..segments import DEFAULT_CONCLUDE_TEXT, Segments, build_scored_segments
 
 # TRL releases this adapter was written and tested against: [min, max).
 MIN_TRL_VERSION = "1.16.0"
@@ -62,7 +62,6 @@ ALGOS = ("oar-g", "oar-p")
 PFINAL_MODES = _MODES  # last, answer_mean, answer_joint, last_after_answer
 ANSWER_SOURCES = ("response", "reference")
 GRAD_SCORES = ("grad_x_input", "grad_norm")
-DEFAULT_EXTRACTOR = "oar_kernels.answers.extract_answer"
 
 
 def check_trl_version(version: str, allow_any: Optional[bool] = None) -> None:
@@ -112,30 +111,9 @@ for _name in ("_generate_and_score_completions", "_compute_loss"):
 
 
 def resolve_extractor(value) -> Callable[[str], Optional[AnswerSpan]]:
-    """An answer extractor from a callable or an import path ("pkg.mod.func" or "pkg.mod:func")."""
-    if value is None:
-        return extract_answer
-    if callable(value):
-        return value
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(
-            f"oar_answer_extractor: expected a callable or an import path such as "
-            f"{DEFAULT_EXTRACTOR!r}, got {value!r}"
-        )
-    path = value.strip()
-    if ":" in path:
-        module_name, _, attr = path.partition(":")
-    else:
-        module_name, _, attr = path.rpartition(".")
-    if not module_name or not attr:
-        raise ValueError(f"oar_answer_extractor: {value!r} is not an import path 'module.function'")
-    try:
-        fn = getattr(import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"oar_answer_extractor: cannot import {value!r} ({err})") from None
-    if not callable(fn):
-        raise ValueError(f"oar_answer_extractor: {value!r} is not callable")
-    return fn
+    """An answer extractor from a callable or an import path ("pkg.mod.func" or "pkg.mod:func");
+    oar_kernels.answers.resolve_extractor, errors naming oar_answer_extractor."""
+    return _resolve_extractor(value, name="oar_answer_extractor")
 
 
 def _is_number(x) -> bool:
@@ -316,32 +294,21 @@ class OARGRPOTrainer(GRPOTrainer):
         args = self.args
         tokenizer = getattr(self, "_tokenizer", None) or self.processing_class
         prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"].bool()
-        completion_ids = batch["completion_ids"]
         lengths = batch["completion_mask"].sum(dim=1).tolist()
-        advantages = batch["advantages"].tolist()
         config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
-        max_len = getattr(config, "max_position_embeddings", None)
-        with_answer = args.oar_pfinal_mode != "last"
         if references is not None and len(references) != len(lengths):
             raise ValueError(f"references: expected {len(lengths)} answers (one per completion), got {len(references)}")
-        rows, segments = [], []
-        for b, (length, adv) in enumerate(zip(lengths, advantages)):
-            if length <= 0 or adv == 0:
-                continue
-            seg = build_segments(
-                prompt_ids[b][prompt_mask[b]].cpu(),
-                completion_ids[b, : int(length)].cpu(),
-                tokenizer,
-                extractor=self._oar_extractor,
-                conclude_text=args.oar_conclude_text,
-                reference_answer=None if references is None else references[b],
-            )
-            if (seg.answer_text is None and references is None) or seg.num_reasoning == 0:
-                continue
-            if max_len is not None and seg.sequence(with_answer).numel() > max_len:
-                continue
-            rows.append(b)
-            segments.append(seg)
+        rows, segments, _ = build_scored_segments(
+            [prompt_ids[b][prompt_mask[b]].cpu() for b in range(len(lengths))],
+            [batch["completion_ids"][b, : int(n)].cpu() for b, n in enumerate(lengths)],
+            tokenizer,
+            extractor=self._oar_extractor,
+            conclude_text=args.oar_conclude_text,
+            references=references,
+            advantages=batch["advantages"].tolist(),
+            max_length=getattr(config, "max_position_embeddings", None),
+            with_answer=args.oar_pfinal_mode != "last",
+        )
         return rows, segments
 
     def oar_importance(self, segments: List[Segments]) -> Tuple[torch.Tensor, torch.Tensor]:

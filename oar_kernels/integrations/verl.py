@@ -408,6 +408,13 @@ def full_parameters(module):
         raise ValueError("actor_rollout_ref.actor.strategy: OAR scores with FSDP2's full parameters; "
                          "set actor_rollout_ref.actor.strategy=fsdp2 (FSDP1, 'fsdp', is not supported)")
     units = [m for m in module.modules() if FSDPModule and isinstance(m, FSDPModule)]
+    # FSDP2 takes as its root the first unit that runs forward: our estimators call the layers
+    # directly, so settle the root (the outermost units) before, as the root's forward would
+    inner = {id(m) for u in units for m in u.modules() if m is not u}
+    for u in units:
+        state = getattr(u, "_get_fsdp_state", lambda: None)()
+        if id(u) not in inner and hasattr(state, "_lazy_init"):
+            state._lazy_init()
     saved = []
     for u in units:
         group = getattr(getattr(u, "_get_fsdp_state", lambda: None)(), "_fsdp_param_group", None)

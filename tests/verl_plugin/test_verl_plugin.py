@@ -449,3 +449,16 @@ def test_compute_advantage_multiplies_the_workers_weights_into_the_stored_advant
     assert any(not torch.equal(store[k]["advantages"], grpo[k]) for k in keys)
     assert metrics["oar/scored_frac"] == pytest.approx((len(rows) - 1) / len(rows))  # row 5: zero advantage
     assert metrics["oar/unscored/zero_advantage"] == 1 and "oar/weight_mean" in metrics and "oar/time" in metrics
+
+
+# --------------------------------------------------------------------------------------
+# FSDP2 (CPU, gloo): scoring inside full_parameters on a sharded model
+
+
+def test_fsdp2_full_parameters_scoring_equals_the_unsharded_model(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(HERE / "fsdp2_scoring.py")], cwd=str(tmp_path), env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    assert "ok rank 0" in out.stdout and "ok rank 1" in out.stdout, out.stdout

@@ -8,8 +8,9 @@ The run is `python -m verl.trainer.main_ppo --config-path python --config-name v
 plus the overrides below and any extra `key=value` Hydra overrides given after the options.
 It needs verl's environment with `pip install 'oar_kernels[verl]'` and a GPU (verl's FSDP engine
 refuses to start without CUDA). --check composes the same configuration and checks it on a CPU:
-OAR's keys (an unknown one is an error naming it), the actor strategy, the estimator, and that
-verl resolves trainer.v1.trainer_mode to OAR's trainer through its plugin entry point.
+OAR's keys (an unknown one is an error naming it), the actor strategy, the estimator, verl's own
+validate_config, and that verl resolves trainer.v1.trainer_mode to OAR's trainer through its
+plugin entry point.
 """
 from __future__ import annotations
 
@@ -73,6 +74,14 @@ def check(args) -> None:
         settings = settings_from_verl_config(config)
     except ValueError as err:
         fail(str(err))
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    try:  # verl's own checks of the run's configuration (batch sizes against GPUs, ...)
+        validate_config(config=config, use_reference_policy=need_reference_policy(config),
+                        use_critic=need_critic(config))
+    except (AssertionError, ValueError) as err:
+        fail(f"verl's validate_config: {err}")
     trainer_cls = get_trainer_cls(config.trainer.v1.trainer_mode)
     if trainer_cls is not OARTrainer:
         fail(f"trainer.v1.trainer_mode={config.trainer.v1.trainer_mode!r} resolves to {trainer_cls.__name__}, not OARTrainer")

@@ -35,7 +35,8 @@ ROOT = os.path.dirname(HERE)
 for _path in (HERE, ROOT):  # benchmarks/ (the harness, baselines) and the checkout's oar_kernels
     if _path not in sys.path:
         sys.path.insert(1, _path)
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), ROOT) if p)
+if ROOT not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), ROOT) if p)
 
 
 # ----------------------------------------------------------------------------- time

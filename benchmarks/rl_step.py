@@ -223,16 +223,15 @@ def _measure(model, tokenizer, prompts, num_generations, max_completion_length, 
     texts = [x.text for x in rows]
     answers = [e.answer for e in examples for _ in range(num_generations)]
     prompts_rep = [p for p in prompt_texts for _ in range(num_generations)]
-    t_rew = []
-    for k in range(reps):
-        t = time.perf_counter()
+    def reward_step():
         if synthetic:  # alternating rewards: every group mixed, every response scored
-            rewards = torch.tensor([float(i % 2) for i in range(len(rows))])
+            r = torch.tensor([float(i % 2) for i in range(len(rows))])
         else:
-            rewards = torch.tensor(reward_fn(prompts_rep, texts, answers), dtype=torch.float32)
-        adv = group_advantages(rewards, num_generations, scale=base.scale_rewards)
-        if k >= warmup:
-            t_rew.append(time.perf_counter() - t)
+            r = torch.tensor(reward_fn(prompts_rep, texts, answers), dtype=torch.float32)
+        return r, group_advantages(r, num_generations, scale=base.scale_rewards)
+
+    t_rew = harness.time_fn(reward_step, "cpu", repeats=steps, warmup=warmup).samples
+    rewards, adv = reward_step()
 
     def rollout(k):  # generation batch k: the same rollout, fresh weights
         return generation.Rollout(index=k, prompts=prompts_rep, answers=answers, rows=rows, rewards=rewards,

@@ -462,3 +462,32 @@ def test_fsdp2_full_parameters_scoring_equals_the_unsharded_model(tmp_path):
                          text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     assert "ok rank 0" in out.stdout and "ok rank 1" in out.stdout, out.stdout
+
+
+# --------------------------------------------------------------------------------------
+# the library's row rule the plugin (and the TRL adapter) call
+
+
+def test_build_scored_segments_reasons():
+    from oar_kernels.segments import build_scored_segments
+    from tiny_models import make_tokenizer
+
+    tok = make_tokenizer()
+    enc = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
+    prompt = enc("Tom has 3 apples.")
+    responses = [enc("We add 3 + 4 = 7.\nThe answer is 7."),   # scored
+                 enc("We add 3 + 4 = 7.\nThe answer is 7."),   # zero advantage
+                 [],                                           # empty
+                 enc("We add 3 and 4 and stop."),              # no answer
+                 enc("The answer is 7."),                      # no reasoning before the answer
+                 enc("We add " + "1 + " * 40 + "1.\nThe answer is 41.")]  # too long for max_length
+    rows, segs, skipped = build_scored_segments([prompt] * 6, responses, tok, advantages=[1, 0, 1, 1, 1, 1],
+                                                max_length=60)
+    assert rows == [0] and segs[0].answer_text == "7" and segs[0].num_reasoning > 0
+    assert skipped == {"zero_advantage": [1], "empty": [2], "no_answer": [3], "no_reasoning": [4], "too_long": [5]}
+    # with reference answers the response without one is scored too (its whole response is reasoning)
+    rows, _, skipped = build_scored_segments([prompt] * 6, responses, tok, references=["7"] * 6,
+                                             advantages=[1, 0, 1, 1, 1, 1], max_length=60)
+    assert rows == [0, 3] and skipped["no_answer"] == []
+    with pytest.raises(ValueError, match="references: expected 6 values"):
+        build_scored_segments([prompt] * 6, responses, tok, references=["7"])

@@ -544,6 +544,7 @@ class OARActorRolloutRefWorker(OARScoringMixin, ActorRolloutRefWorker):
         return actor.engine
 
     def _oar_tokenizer(self):
+        self._oar_engine()  # a clear error on a worker without the actor
         return self.actor.model_config.tokenizer
 
     def _oar_parallel(self):

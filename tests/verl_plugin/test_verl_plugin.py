@@ -491,3 +491,57 @@ def test_build_scored_segments_reasons():
     assert rows == [0, 3] and skipped["no_answer"] == []
     with pytest.raises(ValueError, match="references: expected 6 values"):
         build_scored_segments([prompt] * 6, responses, tok, references=["7"])
+
+
+# --------------------------------------------------------------------------------------
+# the actor worker's hooks on a stand-in engine (verl's FSDP engine needs CUDA)
+
+
+def test_actor_worker_scores_through_its_engine():
+    import contextlib
+    from types import SimpleNamespace
+
+    from verl.utils import ulysses
+    from tiny_models import make_tokenizer
+
+    model = tiny_policy()
+    seen = {}
+
+    class Engine:  # what OARActorRolloutRefWorker uses of verl's FSDPEngine
+        module = model
+        ulysses_device_mesh = None
+
+        @contextlib.contextmanager
+        def eval_mode(self):
+            seen["eval_mode"] = True
+            model.eval()
+            yield
+
+    class Spy(torch.nn.Module):  # records the sequence-parallel group the scoring forwards see
+        def forward(self, x):
+            seen.setdefault("sp_groups", set()).add(ulysses.get_ulysses_sequence_parallel_group())
+            return x
+
+    handle = model.model.layers[0].register_forward_pre_hook(lambda m, a: Spy()(a))
+    worker = object.__new__(oar_verl.OARActorRolloutRefWorker)
+    worker._rank = 0
+    worker.role = "actor_rollout"
+    worker.actor = SimpleNamespace(engine=Engine(), model_config=SimpleNamespace(tokenizer=make_tokenizer()))
+    sentinel = object()
+    ulysses.set_ulysses_sequence_parallel_group(sentinel)
+    try:
+        worker.oar_configure({"algo": "oar-g", "pfinal_mode": "answer_mean", "seed": 5})
+        rows = make_rows()
+        out = worker.oar_score(verl_batch(rows))
+        assert ulysses.get_ulysses_sequence_parallel_group() is sentinel  # restored
+    finally:
+        ulysses.set_ulysses_sequence_parallel_group(None)
+        handle.remove()
+    assert seen["eval_mode"] and seen["sp_groups"] == {None}  # whole rows, no sequence sharding inside
+    local = LocalScorer(model=model)
+    local.oar_configure({"algo": "oar-g", "pfinal_mode": "answer_mean", "seed": 5})
+    torch.testing.assert_close(out.batch["oar_weights"], local.oar_score(verl_batch(rows)).batch["oar_weights"],
+                               atol=1e-6, rtol=0)
+    worker.actor = None
+    with pytest.raises(RuntimeError, match="has no actor model"):
+        worker.oar_score(verl_batch(rows))

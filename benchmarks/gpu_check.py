@@ -854,7 +854,10 @@ def main(argv=None) -> int:
     if args.dry_run_cpu:
         torch.set_num_threads(min(2, torch.get_num_threads()))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (dry run, Triton interpreter)"
-    header = [f"# gpu_check: {name}", "", f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}"]
+    env = harness.environment(device)  # commit, versions, threads, load average at the start
+    header = [f"# gpu_check: {name}", "", f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; commit "
+              f"{env['commit']}; torch {env['torch']}, triton {env['triton']}, transformers {env['transformers']}; "
+              f"load average {env['load_average']}"]
     rows = []
 
     def emit(row):

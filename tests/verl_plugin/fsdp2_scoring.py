@@ -1,7 +1,10 @@
 """Run under torchrun (2 CPU processes, gloo) by test_verl_plugin.py: OAR scoring on an FSDP2-sharded
 tiny model inside oar_kernels.integrations.verl.full_parameters equals scoring on the unsharded
 model, with a different number of rows (so of forwards) on each rank, and the sharding and
-resharding behaviour is back afterwards (a normal forward and backward still run on every rank)."""
+resharding behaviour is back afterwards (a normal forward and backward still run on every rank).
+Then the two processes act as one sequence-parallel group (the same rows on both, as verl's
+dispatch hands them out): each row is scored once, on one of them, and both return every row's
+weights."""
 import os
 import sys
 
@@ -14,7 +17,13 @@ from torch.distributed.fsdp import fully_shard  # noqa: E402
 
 from oar_kernels.integrations.verl import OARSettings, full_parameters, score_rows  # noqa: E402
 from tiny_models import make_tokenizer  # noqa: E402
-from verl_fixtures import make_rows, tiny_policy  # noqa: E402
+import oar_kernels  # noqa: E402
+from verl_fixtures import LocalScorer, make_rows, tiny_policy, verl_batch  # noqa: E402
+
+
+class SequenceParallelScorer(LocalScorer):
+    def _oar_parallel(self):
+        return dist.get_rank(), dist.get_world_size(), None  # None: the default group
 
 
 def main():
@@ -50,6 +59,32 @@ def main():
     model.train()
     model(input_ids=torch.tensor([rows[rank][0]])).logits.float().pow(2).mean().backward()
     dist.barrier()
+
+    # a sequence-parallel group of two: same batch on both ranks, each row scored on one of them
+    scored = []
+    real = oar_kernels.perturbation_importance
+
+    def counting(model, segments, **kw):
+        scored.append(len(segments))
+        return real(model, segments, **kw)
+
+    oar_kernels.perturbation_importance = counting
+    settings = {"algo": "oar-p", "pfinal_mode": "last"}
+    sp = SequenceParallelScorer(model=reference)
+    sp.oar_configure(settings)
+    batch = verl_batch(rows)
+    out = sp.oar_score(batch)
+    oar_kernels.perturbation_importance = real
+    alone = LocalScorer(model=reference)
+    alone.oar_configure(settings)
+    whole = alone.oar_score(batch)
+    total = int((whole.batch["oar_status"] == 0).sum())
+    counts = [None, None]
+    dist.all_gather_object(counts, sum(scored))
+    assert sum(counts) == total and all(0 < c < total for c in counts), (counts, total)
+    assert torch.equal(out.batch["oar_status"], whole.batch["oar_status"])
+    # float32 batching round-off only (each rank batches a different subset of rows)
+    torch.testing.assert_close(out.batch["oar_weights"], whole.batch["oar_weights"], atol=2e-3, rtol=0)
     print(f"ok rank {rank}", flush=True)
     dist.destroy_process_group()
 

@@ -375,16 +375,15 @@ def oarp_fns(model, segs, mode="last", budget=8192):
 
 
 def _grpo_inputs(segs, resps, device):
-    B = len(segs)
-    P = [s.prompt_ids.numel() for s in segs]
-    N = [r.numel() for r in resps]
-    T, Nm = max(p + n for p, n in zip(P, N)), max(N)
-    ids = torch.zeros(B, T, dtype=torch.long)
-    for b in range(B):
-        ids[b, : P[b] + N[b]] = torch.cat([segs[b].prompt_ids, resps[b]])
-    mask = torch.arange(Nm)[None, :] < torch.tensor(N)[:, None]
-    pred = torch.where(mask, torch.tensor(P)[:, None] - 1 + torch.arange(Nm)[None, :], 0)
-    targets = torch.where(mask, ids.gather(1, (pred + 1).clamp_max(T - 1)), 0)
+    """(ids [B, T] prompt + response, right-padded with 0; the positions predicting each response
+    token; those tokens; their mask)."""
+    P = torch.tensor([s.prompt_ids.numel() for s in segs])
+    N = torch.tensor([r.numel() for r in resps])
+    ids = torch.nn.utils.rnn.pad_sequence([torch.cat([s.prompt_ids, r]) for s, r in zip(segs, resps)], batch_first=True)
+    cols = torch.arange(int(N.max()))[None, :]
+    mask = cols < N[:, None]
+    pred = torch.where(mask, P[:, None] - 1 + cols, 0)
+    targets = torch.where(mask, ids.gather(1, (pred + 1).clamp_max(ids.shape[1] - 1)), 0)
     return ids.to(device), pred.to(device), targets.to(device), mask.to(device)
 
 

@@ -26,7 +26,7 @@ py="$venv/bin/python"
 "$py" -m pip list 2>/dev/null | grep -iE "^(torch|transformers|verl|ray|transferqueue|tensordict|pytest) " || true
 echo "[test_verl] environment ready in $((SECONDS - start)) s"
 # the plugin must load through verl's entry point alone, before any test imports it
-"$py" -c "import verl; from verl.trainer.ppo.v1 import get_trainer_cls; print('[test_verl] trainer_mode=oar ->', get_trainer_cls('oar').__name__)" 2>/dev/null
+"$py" -c "import verl; from verl.trainer.ppo.v1 import get_trainer_cls; print('[test_verl] trainer_mode=oar ->', get_trainer_cls('oar').__name__)"
 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 \
     timeout 900 "$py" -m pytest -q -p no:cacheprovider tests/verl_plugin "$@"
 echo "[test_verl] done in $((SECONDS - start)) s"

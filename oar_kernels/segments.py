@@ -181,6 +181,7 @@ def build_scored_segments(
     advantages: Optional[Sequence[float]] = None,
     max_length: Optional[int] = None,
     with_answer: bool = False,
+    response_texts: Optional[Sequence[str]] = None,
 ) -> Tuple[List[int], List[Segments], Dict[str, List[int]]]:
     """Which responses of a batch OAR scores, and their Segments: the one rule of the TRL adapter
     and the verl plugin (docs/algorithm.md section 8, row 3).
@@ -190,7 +191,8 @@ def build_scored_segments(
     response, the reference answer is used instead and every response qualifies) with a
     non-empty reasoning before it, and its scoring sequence (with the answer when
     `with_answer`) fits `max_length` (the model's context; None: no limit). Every other response
-    keeps weight 1 at every position.
+    keeps weight 1 at every position. response_texts: the decoded responses, when the caller
+    already has them (build_segments' response_text).
 
     Returns (rows, segments, skipped): the indices of the scored responses, their Segments
     (build_segments), and for each of SKIP_REASONS the indices of the responses it left out.
@@ -198,7 +200,7 @@ def build_scored_segments(
     n = len(responses)
     if len(prompts) != n:
         raise ValueError(f"prompts: expected {n} prompts (one per response), got {len(prompts)}")
-    for name, values in (("references", references), ("advantages", advantages)):
+    for name, values in (("references", references), ("advantages", advantages), ("response_texts", response_texts)):
         if values is not None and len(values) != n:
             raise ValueError(f"{name}: expected {n} values (one per response), got {len(values)}")
     skipped: Dict[str, List[int]] = {reason: [] for reason in SKIP_REASONS}
@@ -212,7 +214,8 @@ def build_scored_segments(
             skipped["empty"].append(b)
             continue
         seg = build_segments(prompts[b], response, tokenizer, extractor=extractor, conclude_text=conclude_text,
-                             reference_answer=None if references is None else references[b])
+                             reference_answer=None if references is None else references[b],
+                             response_text=None if response_texts is None else response_texts[b])
         if seg.answer_text is None and references is None:
             skipped["no_answer"].append(b)
             continue

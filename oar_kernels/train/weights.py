@@ -12,8 +12,8 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from .. import bilevel_reshape, build_segments
-from ..segments import Segments
+from .. import bilevel_reshape
+from ..segments import Segments, build_scored_segments
 from .config import TrainConfig
 from .distributed import Dist, full_parameters
 from .generation import Rollout, SampledRow, derive_seed, prompts_per_call
@@ -28,23 +28,18 @@ def importance_fns():
 
 
 def scored_segments(rows: List[SampledRow], adv, tokenizer, cfg, answers=None) -> Tuple[List[int], List[Segments]]:
-    """(indices, Segments) of the rows OAR scores: nonzero advantage, an extractable answer (with
+    """(indices, Segments) of the rows OAR scores, by the rule the TRL adapter and the verl plugin
+    use (segments.build_scored_segments): nonzero advantage, an extractable answer (with
     cfg.answer_source 'reference': the data's answer `answers[i]` instead, every row) and some
     reasoning. Every other row keeps weight 1 at every position."""
     rows = [SampledRow(*r) for r in rows]  # also plain (prompt ids, response ids, text, truncated) tuples
-    picked, segs = [], []
     reference = getattr(cfg, "answer_source", "response") == "reference"
     if reference and answers is None:
         raise ValueError("answer_source 'reference': scored_segments needs the data's answers")
-    for i, row in enumerate(rows):
-        if float(adv[i]) == 0.0:
-            continue
-        seg = build_segments(row.prompt_ids, row.response_ids, tokenizer, conclude_text=cfg.resolved_conclude_text(),
-                             response_text=row.text, reference_answer=answers[i] if reference else None)
-        if (seg.answer_text is None and not reference) or seg.num_reasoning == 0:
-            continue  # no extractable answer: every position keeps weight 1
-        picked.append(i)
-        segs.append(seg)
+    picked, segs, _ = build_scored_segments(
+        [r.prompt_ids for r in rows], [r.response_ids for r in rows], tokenizer,
+        conclude_text=cfg.resolved_conclude_text(), references=list(answers) if reference else None,
+        advantages=[float(a) for a in adv], response_texts=[r.text for r in rows])
     return picked, segs
 
 

@@ -133,14 +133,16 @@ def synthetic_segments(prompt_ids, response_ids, tokenizer, conclude_text, respo
 
 @contextlib.contextmanager
 def _synthetic_segments():
-    from oar_kernels.train import weights as trainer_weights
+    """segments.build_segments, which the trainer's choice of scored rows
+    (segments.build_scored_segments) calls, replaced by synthetic_segments (restored on exit)."""
+    from oar_kernels import segments
 
-    orig = trainer_weights.build_segments
-    trainer_weights.build_segments = lambda p, r, tok, conclude_text, response_text=None, **_: synthetic_segments(p, r, tok, conclude_text)
+    orig = segments.build_segments
+    segments.build_segments = lambda p, r, tok, conclude_text, response_text=None, **_: synthetic_segments(p, r, tok, conclude_text)
     try:
         yield
     finally:
-        trainer_weights.build_segments = orig
+        segments.build_segments = orig
 
 
 SYNTHETIC_MODELS = {

@@ -93,14 +93,14 @@ def test_rl_step_synthetic_scores_every_response():
     """--synthetic: a random-weight Qwen2 (tiny shape here; qwen2-0.5b on a GPU) whose responses
     are all scored through synthetic answer spans, so OAR's cost shows without a trained model."""
     bench = _load_bench()
-    from oar_kernels.train import weights as trainer_weights
+    from oar_kernels import segments
 
-    real = trainer_weights.build_segments
+    real = segments.build_segments
     model, tok, label = bench.synthetic_model("tiny", "cpu")
     assert model.config.vocab_size == len(tok) == 1000 and "random init" in label
     res = bench.run(model, tok, prompts=2, num_generations=2, max_completion_length=12, steps=1, warmup=0,
                     naive_budget=1.0, log=lambda *a, **k: None, synthetic=True)
-    assert trainer_weights.build_segments is real  # the patch is undone
+    assert segments.build_segments is real  # the patch is undone
     by = {r["algo"]: r for r in res["rows"]}
     # every response longer than the answer span is scored (a random model rarely stops early)
     assert by["oar-g"]["scored"] == by["oar-p"]["scored"] == by["oar-g 1fwd"]["scored"] >= 3

@@ -53,7 +53,10 @@ QWEN = (16, 1024, 2048, 151936)
 DRY_SHAPES = {PUBLISHED: (2, 16, 32, 500), QWEN: (2, 12, 16, 300)}
 # CPU suite (test_bench_ops.py): small enough for seconds per variant on 2 cores
 CPU_LM = (4, 128, 128, 8192)
+CPU_GRPO = CPU_LM
 CPU_BILEVEL = (128, 1024)
+# `--bench-size readme`: the shapes of README.md's CPU rows (minutes per LM-head variant)
+README_SHAPES = dict(CPU_LM=(8, 512, 512, 32768), CPU_GRPO=(4, 256, 256, 32768), CPU_BILEVEL=(256, 2048))
 CPU_SALIENCY = (4, 256, 512)
 CPU_MODEL = dict(hidden=64, layers=2, heads=4, kv_heads=2, vocab=512)
 CPU_SEGMENTS = dict(n=4, prompt=32, reasoning=48, conclude=4, answer=2)

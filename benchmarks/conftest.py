@@ -6,6 +6,8 @@ save and compare). Not part of the test line: `pytest -q tests` never collects b
 - Each saved run records the commit, device, versions, torch threads and load average
   (harness.environment) in its machine_info.
 - --bench-threads: torch CPU threads (default 1: on a shared machine one thread is steadier).
+- --bench-size readme: the LM-head and Bi-Level groups at the shapes of README.md's CPU rows
+  (baselines.README_SHAPES; minutes per LM-head variant) instead of the small default ones.
 - The `bench` fixture times a closure with benchmark.pedantic (the GPU synchronized after each
   call on CUDA) and records its peak extra memory (harness.peak_memory) in extra_info.
 """
@@ -21,12 +23,19 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 def pytest_addoption(parser):
     parser.addoption("--bench-threads", type=int, default=1, help="torch CPU threads of the benchmarks (default 1)")
+    parser.addoption("--bench-size", choices=("small", "readme"), default="small",
+                     help="shapes: small (seconds per variant) or readme (README.md's CPU rows)")
 
 
 def pytest_configure(config):  # before pytest-benchmark's (trylast) reads the storage
     if getattr(config.option, "benchmark_storage", None) == "file://./.benchmarks":
         config.option.benchmark_storage = "file://" + os.path.join(HERE, "baselines")
     torch.set_num_threads(config.getoption("--bench-threads"))
+    if config.getoption("--bench-size") == "readme":
+        import baselines
+
+        for name, shape in baselines.README_SHAPES.items():
+            setattr(baselines, name, shape)
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

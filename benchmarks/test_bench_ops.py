@@ -36,7 +36,7 @@ def test_fused_linear_logprob(bench, device, name):
 def test_fused_linear_grpo_loss(bench, device, name):
     """fwd+bwd of the GRPO loss from the LM head against liger's fused GRPO loss (compiled, as
     its users run it), TRL's log-probs + grpo_loss, eager and torch.compile'd eager."""
-    x = bl.lm_inputs(bl.CPU_LM, device)
+    x = bl.lm_inputs(bl.CPU_GRPO, device)
     bench(_variant(*bl.make_grpo(x.h3, x.w, x.t2, x.old, x.adv, x.mask, names=(name,)), name))
 
 

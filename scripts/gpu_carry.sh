@@ -17,9 +17,9 @@ PYTHON="${PYTHON:-python3}"
 LIMIT_MIB=60
 WHEELS=(
     liger-kernel==0.8.5                 # baseline (requires torch, triton)
-    trl==1.16.0                         # baseline; GRPOTrainer for bench_trainer.py
+    trl==1.16.0                         # baseline; GRPOTrainer for gpu_check's trainer rows
     cut-cross-entropy==25.1.1           # baseline (requires torch, triton)
-    datasets==5.2.0                     # trl's requirement; bench_trainer.py's data
+    datasets==5.2.0                     # trl's requirement; the trainer rows' data
     dill==0.4.1                         # datasets' requirement
     multiprocess==0.70.19               # datasets' requirement
     math-verify==0.9.0                  # oar_kernels' own install_requires (answers that are not numbers)

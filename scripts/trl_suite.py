@@ -356,7 +356,8 @@ def main(argv=None) -> int:
     p.add_argument("--repo", default=DEFAULT_REPO, help="TRL git repository to clone the release tag from")
     p.add_argument("--ref", default=None, help="git revision to take the tests from (default: v<installed version>)")
     p.add_argument("--cache", default=None, help="cache folder (default: ~/.cache/oar_kernels/trl_suite)")
-    p.add_argument("--out", default="trl_suite_out", help="folder for results.md, results.json and logs")
+    p.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "oar_trl_suite"),
+                   help="folder for results.md, results.json and logs (default: oar_trl_suite in the temp folder)")
     p.add_argument("--no-baseline", action="store_true",
                    help="do not rerun failures with TRL's own GRPOTrainer")
     p.add_argument("--timeout", type=float, default=None, help="seconds per pytest worker (default: none)")

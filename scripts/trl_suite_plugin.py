@@ -4,11 +4,15 @@ Loaded by scripts/trl_suite.py with `-p trl_suite_plugin` (scripts/ on PYTHONPAT
 files are not edited. Environment:
 
     OAR_TRL_SUITE_MODE      "on": GRPOTrainer -> OARGRPOTrainer, GRPOConfig -> OARConfig (OAR-G,
-                            the defaults); "off": the same classes with oar_tau = oar_beta = 0
-                            (every weight 1: the subclass, scoring included, computing plain
-                            GRPO); "baseline": TRL's own classes (only the offline stand-ins).
+                            the defaults, plus an answer extractor that finds an answer in any
+                            text of 8+ characters, so that OAR scores random models' completions);
+                            "off": the same classes with oar_tau = oar_beta = 0 (every weight 1:
+                            the subclass, scoring included, computing plain GRPO); "baseline":
+                            TRL's own classes (only the offline stand-ins).
     OAR_TRL_SUITE_FIXTURES  folder written by trl_suite_fixtures.build (models in the hub cache
                             layout, which HF_HUB_CACHE points at; data sets saved to disk).
+    OAR_TRL_SUITE_RESULTS   file that gets one JSON line per test (outcome, reason, duration,
+                            completions OAR scored).
 
 What it changes, and nothing more:
 * `trl.GRPOTrainer` / `trl.GRPOConfig` are replaced before the test modules import them
@@ -19,10 +23,14 @@ What it changes, and nothing more:
   skips the test as hub-only.
 * a test that fails because a hub model is not built locally is reported as skipped
   ("hub-only: <id>"), not failed.
+* without CUDA, a config with use_liger_kernel=True skips its test ("GPU-only").
+* `trl.import_utils.is_*_available` names the installed TRL lacks (tests taken from another
+  revision import them) are answered from importlib's find_spec, and listed in the summary.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import re
 
@@ -34,8 +42,6 @@ if MODE not in ("on", "off", "baseline"):
     raise pytest.UsageError(f"OAR_TRL_SUITE_MODE: expected on, off or baseline, got {MODE!r}")
 
 import trl  # noqa: E402
-
-import importlib  # noqa: E402
 
 _import_utils = importlib.import_module("trl.import_utils")
 

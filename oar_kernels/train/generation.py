@@ -11,7 +11,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional
 
 import torch
 
@@ -20,6 +20,9 @@ from ..data import format_prompt
 from ..rewards import DEFAULT_REWARD, accuracy_reward
 from .config import TrainConfig
 from .distributed import Dist
+
+if TYPE_CHECKING:
+    from .loop import Run
 
 
 def derive_seed(*parts) -> int:
@@ -101,7 +104,7 @@ def prompts_per_call(cfg: TrainConfig, dist: Dist) -> int:
     return cfg.generation_batch_size // cfg.num_generations or cfg.prompts_per_step // dist.world
 
 
-def generate(run, index: int) -> "Rollout":
+def generate(run: "Run", index: int) -> "Rollout":
     """Generation batch `index` of this process: its prompts (data position index * prompts_per_step
     + this process's share), sampled responses, rewards and group advantages over all processes."""
     cfg, dist = run.cfg, run.dist

@@ -3,15 +3,18 @@ page shows."""
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List
 
 import torch
 
 from ..answers import extract_answer
 from .generation import Rollout
 
+if TYPE_CHECKING:
+    from .loop import Run
 
-def step_metrics(run, batch: Rollout, upd: Dict[str, float], step: int, time_step: float) -> Dict[str, Any]:
+
+def step_metrics(run: "Run", batch: Rollout, upd: Dict[str, float], step: int, time_step: float) -> Dict[str, Any]:
     """metrics.jsonl row of optimizer step `step` (1-based) on `batch`. Rewards, lengths and
     weights describe the generation batch (the same for each of its num_iterations steps); loss,
     clip ratio, gradient norm and learning rate this step's update."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import TYPE_CHECKING, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from .config import TrainConfig
 from .distributed import no_sync
 from .generation import Rollout
 from .weights import noise_seed
+
+if TYPE_CHECKING:
+    from .loop import Run
 
 
 def make_optimizer(model, cfg: TrainConfig):
@@ -115,7 +118,7 @@ def micro_batches(inputs: PaddedBatch, n: int) -> List[MicroBatch]:
     return out
 
 
-def update(run, batch: Rollout, iteration: int) -> Dict[str, float]:
+def update(run: "Run", batch: Rollout, iteration: int) -> Dict[str, float]:
     """One optimizer step on `batch` (iteration 0 .. num_iterations - 1 of it); returns the
     step's loss (summed over micro-batches and processes), clip ratio (of the whole step's
     tokens), gradient norm (before clipping) and learning rate. On-policy (the first update on a
@@ -170,7 +173,7 @@ def update(run, batch: Rollout, iteration: int) -> Dict[str, float]:
     return {"loss": loss_sum, "clip_ratio": clipped / max(n_items, 1.0), "grad_norm": grad_norm, "lr": lr}
 
 
-def _oarg_step(run, fused_head: bool):
+def _oarg_step(run: "Run", fused_head: bool):
     from ..importance import OARGStep
 
     cfg = run.cfg
@@ -179,7 +182,7 @@ def _oarg_step(run, fused_head: bool):
                     fused_head=fused_head, temperature=cfg.temperature)
 
 
-def _oarg_forward(run, batch: Rollout, mb: MicroBatch, oarg):
+def _oarg_forward(run: "Run", batch: Rollout, mb: MicroBatch, oarg):
     """OARGOutput of the micro-batch's rows: their log-probs and OAR weights from one forward
     (same noise convention as the separate path: one generator per micro-batch, rows in order)."""
     rows = mb.rows.tolist()
@@ -188,7 +191,7 @@ def _oarg_forward(run, batch: Rollout, mb: MicroBatch, oarg):
                 [torch.as_tensor(batch.rows[i].response_ids, dtype=torch.long) for i in rows], generator=gen)
 
 
-def _loss_backward(run, logp, old, ref, advantages, weights, mask, n_items) -> Tuple[float, float]:
+def _loss_backward(run: "Run", logp, old, ref, advantages, weights, mask, n_items) -> Tuple[float, float]:
     """Backward of a micro-batch's share of the step's loss; (its loss, its clipped tokens)."""
     cfg, device = run.cfg, run.device
     loss, m = grpo_loss(logp, old, advantages.to(device), mask.to(device), weights=weights.to(device),
@@ -199,7 +202,7 @@ def _loss_backward(run, logp, old, ref, advantages, weights, mask, n_items) -> T
     return float(loss.detach()), float(m["clip_ratio"]) * float(mask.sum())
 
 
-def _optimizer_step(run) -> Tuple[float, float]:
+def _optimizer_step(run: "Run") -> Tuple[float, float]:
     """Clip, step, schedule; (gradient norm before clipping, learning rate of this step)."""
     params = list(run.wrapped.parameters())
     if run.cfg.max_grad_norm > 0:

@@ -8,7 +8,7 @@ position. The batched estimators of oar_kernels.importance equal the naive oracl
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Tuple
+from typing import TYPE_CHECKING, Dict, List, Tuple
 
 import torch
 
@@ -17,6 +17,9 @@ from ..segments import Segments, build_scored_segments
 from .config import TrainConfig
 from .distributed import Dist, full_parameters
 from .generation import Rollout, SampledRow, derive_seed, prompts_per_call
+
+if TYPE_CHECKING:
+    from .loop import Run
 
 
 def importance_fns():
@@ -105,7 +108,7 @@ def noise_seed(cfg: TrainConfig, dist: Dist, generation: int, call: int) -> int:
     return derive_seed(cfg.seed, generation, "noise", (dist.rank * P_local) // prompts_per_call(cfg, dist) + call)
 
 
-def weigh_rollout(run, batch: Rollout) -> None:
+def weigh_rollout(run: "Run", batch: Rollout) -> None:
     """Sets batch.weights / batch.reasoning: per generate call, importance on the current policy
     and Bi-Level weights. The one-forward OAR-G path leaves the scored rows to the update."""
     cfg, dist = run.cfg, run.dist

@@ -86,13 +86,8 @@ def nested_batch(rows):
     return td
 
 
-class LocalScorer(OARScoringMixin):
-    """The scoring mixin on a plain object: what a verl actor worker runs, in this process."""
-
-    def __init__(self, rank: int = 0, model=None):
-        self.rank = rank
-        self.model = model if model is not None else tiny_policy()
-        self.tokenizer = make_tokenizer()
+class _TinyPolicyHooks:
+    """The two hooks the scoring mixin asks a worker for, served by self.model / self.tokenizer."""
 
     def _oar_tokenizer(self):
         return self.tokenizer
@@ -102,7 +97,16 @@ class LocalScorer(OARScoringMixin):
         yield self.model
 
 
-class TinyOARWorker(OARScoringMixin, Worker):
+class LocalScorer(_TinyPolicyHooks, OARScoringMixin):
+    """The scoring mixin on a plain object: what a verl actor worker runs, in this process."""
+
+    def __init__(self, rank: int = 0, model=None):
+        self.rank = rank
+        self.model = model if model is not None else tiny_policy()
+        self.tokenizer = make_tokenizer()
+
+
+class TinyOARWorker(_TinyPolicyHooks, OARScoringMixin, Worker):
     """A verl Worker with the OAR scoring mixin and a tiny model built in the worker, registered
     for verl's nd dispatch on the "actor" mesh (as ActorRolloutRefWorker's actor is)."""
 
@@ -112,13 +116,6 @@ class TinyOARWorker(OARScoringMixin, Worker):
         self._register_dispatch_collect_info(mesh_name="actor", dp_rank=self.rank, is_collect=True)
         self.model = tiny_policy()
         self.tokenizer = make_tokenizer()
-
-    def _oar_tokenizer(self):
-        return self.tokenizer
-
-    @contextlib.contextmanager
-    def _oar_policy(self):
-        yield self.model
 
 
 def weights_as_rows(weights: torch.Tensor, rows) -> List[torch.Tensor]:

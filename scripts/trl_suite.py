@@ -338,8 +338,12 @@ def build_fixtures(cache: Path, version: str, log) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="fixtures-", dir=cache))
     trl_suite_fixtures.build(str(tmp))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    try:
+        tmp.rename(folder)
+    except OSError:  # another run finished building first: keep its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (folder / "manifest.json").exists():
+            raise
     return folder
 
 

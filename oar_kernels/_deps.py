@@ -55,3 +55,29 @@ def warn_cuda_without_triton() -> None:
     """Once per process: CUDA tensors while triton is missing run on the (slower) torch path."""
     warnings.warn("oar_kernels: triton is not installed, so CUDA tensors take the torch path (correct, but slower "
                   "than the fused kernels): pip install triton", RuntimeWarning, stacklevel=4)
+
+
+def check_supported_version(package: str, version: str, lowest: str, first_unsupported: str, allow_env: str,
+                            why: str, allow_any=None) -> None:
+    """ImportError unless lowest <= version < first_unsupported (the release part; a .dev or rc of
+    a supported release counts). With allow_any (default: the environment variable `allow_env`
+    set to anything but 0) an unsupported version only warns. why: what breaks across releases,
+    said in the message with the install line and the variable."""
+    import os
+
+    from packaging.version import InvalidVersion, Version
+
+    if allow_any is None:
+        allow_any = os.environ.get(allow_env, "") not in ("", "0")
+    try:
+        ok = Version(lowest) <= Version(Version(version).base_version) < Version(first_unsupported)
+    except InvalidVersion:
+        ok = False
+    if ok:
+        return
+    spec = f"{package}>={lowest},<{first_unsupported}"
+    message = (f"oar_kernels.integrations.{package} supports {spec}, found {package} {version!r}: {why}. Install a "
+               f"supported version (pip install '{spec}'), or set {allow_env}=1 to try this one anyway.")
+    if not allow_any:
+        raise ImportError(message)
+    warnings.warn(message, stacklevel=3)

@@ -33,9 +33,7 @@ Nothing else is overridden; ``__init__`` only checks that ``args`` is an OARConf
 from __future__ import annotations
 
 import math
-import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
 
@@ -48,6 +46,7 @@ except ImportError as _err:  # pragma: no cover - exercised only without trl
         "oar_kernels.integrations.trl needs TRL; install it with: pip install 'oar_kernels[trl]'"
     ) from _err
 
+from .._deps import check_supported_version
 from ..answers import DEFAULT_EXTRACTOR, AnswerSpan
 from ..answers import resolve_extractor as _resolve_extractor
 from ..importance import MODES as _MODES, EvalMode
@@ -70,27 +69,10 @@ def check_trl_version(version: str, allow_any: Optional[bool] = None) -> None:
     With allow_any (default: environment variable OAR_KERNELS_ALLOW_ANY_TRL=1) an unsupported
     version only warns: use it to try a newer TRL at your own risk.
     """
-    from packaging.version import InvalidVersion, Version
-
-    if allow_any is None:
-        allow_any = os.environ.get(ALLOW_ANY_TRL_ENV, "") not in ("", "0")
-    try:
-        v = Version(version)
-        ok = Version(MIN_TRL_VERSION) <= Version(v.base_version) < Version(MAX_TRL_VERSION)
-    except InvalidVersion:
-        ok = False
-    if ok:
-        return
-    message = (
-        f"oar_kernels.integrations.trl supports trl>={MIN_TRL_VERSION},<{MAX_TRL_VERSION}, found "
-        f"trl {version!r}. OARGRPOTrainer overrides GRPOTrainer._generate_and_score_completions "
-        "and relies on GRPOTrainer._compute_loss accepting [B, T] advantages; install a supported "
-        f"version (pip install 'trl>={MIN_TRL_VERSION},<{MAX_TRL_VERSION}'), or set "
-        f"{ALLOW_ANY_TRL_ENV}=1 to try this one anyway."
-    )
-    if not allow_any:
-        raise ImportError(message)
-    warnings.warn(message, stacklevel=2)
+    check_supported_version(
+        "trl", version, MIN_TRL_VERSION, MAX_TRL_VERSION, ALLOW_ANY_TRL_ENV,
+        "OARGRPOTrainer overrides GRPOTrainer._generate_and_score_completions and relies on "
+        "GRPOTrainer._compute_loss accepting [B, T] advantages", allow_any)
 
 
 check_trl_version(getattr(trl, "__version__", "unknown"))

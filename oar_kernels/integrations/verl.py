@@ -33,9 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
-import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -49,6 +47,7 @@ except ImportError as _err:  # pragma: no cover - exercised only without verl
     ) from _err
 
 from .._checks import check_choice, check_number
+from .._deps import check_supported_version
 from ..answers import DEFAULT_EXTRACTOR, resolve_extractor
 from ..importance import MODES as PFINAL_MODES, EvalMode
 from ..segments import DEFAULT_CONCLUDE_TEXT, SKIP_REASONS, build_scored_segments
@@ -73,25 +72,10 @@ logger = logging.getLogger(__name__)
 def check_verl_version(version: str, allow_any: Optional[bool] = None) -> None:
     """ImportError unless MIN_VERL_VERSION <= version < MAX_VERL_VERSION (with allow_any, or
     OAR_KERNELS_ALLOW_ANY_VERL=1, only a warning)."""
-    from packaging.version import InvalidVersion, Version
-
-    if allow_any is None:
-        allow_any = os.environ.get(ALLOW_ANY_VERL_ENV, "") not in ("", "0")
-    try:
-        ok = Version(MIN_VERL_VERSION) <= Version(Version(version).base_version) < Version(MAX_VERL_VERSION)
-    except InvalidVersion:
-        ok = False
-    if ok:
-        return
-    message = (
-        f"oar_kernels.integrations.verl supports verl>={MIN_VERL_VERSION},<{MAX_VERL_VERSION}, found verl "
-        f"{version!r}: it subclasses the V1 PPOTrainerSync and ActorRolloutRefWorker, whose internals move "
-        f"between releases. Install a supported version (pip install 'verl>={MIN_VERL_VERSION},"
-        f"<{MAX_VERL_VERSION}'), or set {ALLOW_ANY_VERL_ENV}=1 to try this one anyway."
-    )
-    if not allow_any:
-        raise ImportError(message)
-    warnings.warn(message, stacklevel=2)
+    check_supported_version(
+        "verl", version, MIN_VERL_VERSION, MAX_VERL_VERSION, ALLOW_ANY_VERL_ENV,
+        "it subclasses the V1 PPOTrainerSync and ActorRolloutRefWorker, whose internals move between releases",
+        allow_any)
 
 
 check_verl_version(getattr(verl, "__version__", "unknown"))

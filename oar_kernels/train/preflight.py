@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Tuple
 
 import torch
 

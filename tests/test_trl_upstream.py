@@ -63,3 +63,54 @@ def test_trl_grpo_tests_pass_against_oar_trainer(tmp_path):
             assert name in by_test, f"OAR {mode}: TRL's test {name} was not collected (renamed upstream?)"
             rec = by_test[name]
             assert rec["outcome"] == "passed", f"OAR {mode}: {name} {rec['outcome']}: {rec.get('reason')}"
+
+
+# A tests file written here in the form TRL's take (a class of tests importing GRPOConfig and
+# GRPOTrainer from trl, the hub model and data set ids TRL's tests use): the whole mechanism of
+# scripts/trl_suite.py (source tree, offline stand-ins, the swap, results.json) runs in CI even
+# where TRL's own tests cannot be fetched.
+TRL_STYLE_TESTS = '''
+import torch
+from datasets import load_dataset
+
+from trl import GRPOConfig, GRPOTrainer
+
+
+def length_reward(completions, **kwargs):
+    return [float(len(c)) for c in completions]
+
+
+class TestGRPOTrainer:
+    def test_train_one_step(self, tmp_path):
+        dataset = load_dataset("trl-internal-testing/zen", "standard_prompt_only", split="train")
+        args = GRPOConfig(output_dir=str(tmp_path), learning_rate=0.1, per_device_train_batch_size=3,
+                          num_generations=3, max_completion_length=8, max_steps=1, report_to="none",
+                          bf16=False)
+        trainer = GRPOTrainer(model="trl-internal-testing/tiny-Qwen2ForCausalLM-2.5", reward_funcs=length_reward,
+                              args=args, train_dataset=dataset)
+        assert type(trainer).__name__ == "OARGRPOTrainer"
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        trainer.train()
+        assert trainer.state.log_history[-1]["train_loss"] is not None
+        assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
+
+    def test_fails_on_purpose(self):
+        assert GRPOTrainer.__name__ == "GRPOTrainer"  # the swap makes this false
+'''
+
+
+@pytest.mark.skipif(not HAVE_TRL, reason="trl / datasets not installed (pip install 'oar_kernels[trl]')")
+def test_the_suite_mechanism_runs_a_trl_style_tests_file(tmp_path):
+    tree = tmp_path / "trl-tree"
+    (tree / "tests").mkdir(parents=True)
+    (tree / "tests" / "test_grpo_trainer.py").write_text(TRL_STYLE_TESTS)
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(SCRIPT), "--modes", "on,off", "--jobs", "2", "--out", str(out), "--no-baseline",
+           "--timeout", "600", "--source", str(tree), "--cache", str(tmp_path / "cache"), "--allow-failures"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"trl_suite.py exited {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    results = json.loads((out / "results.json").read_text())
+    for mode in MODES:
+        by_test = {nodeid.split("::", 1)[1]: rec["outcome"] for nodeid, rec in results["tests"][mode].items()}
+        assert by_test == {"TestGRPOTrainer::test_train_one_step": "passed",
+                           "TestGRPOTrainer::test_fails_on_purpose": "failed"}, (mode, by_test)

@@ -81,3 +81,13 @@ def check_supported_version(package: str, version: str, lowest: str, first_unsup
     if not allow_any:
         raise ImportError(message)
     warnings.warn(message, stacklevel=3)
+
+
+def require_optional(module: str, extra: str, user: str):
+    """`import module`, or ImportError naming the extra that installs it (user: who needs it)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"{user} needs {module}; install it with: pip install 'oar_kernels[{extra}]'") from err

@@ -39,18 +39,13 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 
-try:
-    import trl
-except ImportError as _err:  # pragma: no cover - exercised only without trl
-    raise ImportError(
-        "oar_kernels.integrations.trl needs TRL; install it with: pip install 'oar_kernels[trl]'"
-    ) from _err
-
-from .._deps import check_supported_version
+from .._deps import check_supported_version, require_optional
 from ..answers import DEFAULT_EXTRACTOR, AnswerSpan
 from ..answers import resolve_extractor as _resolve_extractor
 from ..importance import MODES as _MODES, EvalMode
 from ..segments import DEFAULT_CONCLUDE_TEXT, Segments, build_scored_segments
+
+trl = require_optional("trl", "trl", "oar_kernels.integrations.trl")
 
 # TRL releases this adapter was written and tested against: [min, max).
 MIN_TRL_VERSION = "1.16.0"

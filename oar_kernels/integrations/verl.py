@@ -39,18 +39,14 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-try:
-    import verl  # noqa: F401  (imports this module again through the entry point: harmless)
-except ImportError as _err:  # pragma: no cover - exercised only without verl
-    raise ImportError(
-        "oar_kernels.integrations.verl needs verl; install it with: pip install 'oar_kernels[verl]'"
-    ) from _err
-
 from .._checks import check_choice, check_number
-from .._deps import check_supported_version
+from .._deps import check_supported_version, require_optional
 from ..answers import DEFAULT_EXTRACTOR, resolve_extractor
 from ..importance import MODES as PFINAL_MODES, EvalMode
 from ..segments import DEFAULT_CONCLUDE_TEXT, SKIP_REASONS, build_scored_segments
+
+# verl loads this module again through its entry point: harmless
+verl = require_optional("verl", "verl", "oar_kernels.integrations.verl")
 
 # verl releases this plugin was written and tested against: [min, max).
 MIN_VERL_VERSION = "0.9.1"

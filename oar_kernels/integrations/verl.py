@@ -43,6 +43,8 @@ from .._checks import check_choice, check_number
 from .._deps import check_supported_version, require_optional
 from ..answers import DEFAULT_EXTRACTOR, resolve_extractor
 from ..importance import MODES as PFINAL_MODES, EvalMode
+from ..importance.sharded import full_parameters as sharded_full_parameters
+from ..importance.sharded import has_fsdp1_units
 from ..segments import DEFAULT_CONCLUDE_TEXT, SKIP_REASONS, build_scored_segments
 
 # verl loads this module again through its entry point: harmless
@@ -367,53 +369,12 @@ def _pad_rows(rows: Sequence[torch.Tensor], width: int) -> torch.Tensor:
 
 @contextlib.contextmanager
 def full_parameters(module):
-    """FSDP2: every shard unit's full parameters held for the block, with no collective inside it.
-
-    The importance estimators call the embeddings, the decoder body and the LM head directly and
-    run a data-dependent number of forwards per rank (batches are cut by token budgets), so
-    per-layer all-gathers inside them would not match across ranks: one unshard of every unit
-    before (the same collectives on every rank), no resharding inside, each unit's own
-    resharding restored after. A module without FSDP2 units is yielded as is. FSDP1 is refused
-    (its summon_full_params forbids forwards).
-    """
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # pragma: no cover - torch without FSDP2
-        FSDPModule = ()
-    try:
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP1
-    except ImportError:  # pragma: no cover
-        FSDP1 = ()
-    if FSDP1 and any(isinstance(m, FSDP1) for m in module.modules()):
+    """importance.sharded.full_parameters, an FSDP1 actor refused with verl's key named."""
+    if has_fsdp1_units(module):
         raise ValueError("actor_rollout_ref.actor.strategy: OAR scores with FSDP2's full parameters; "
                          "set actor_rollout_ref.actor.strategy=fsdp2 (FSDP1, 'fsdp', is not supported)")
-    units = [m for m in module.modules() if FSDPModule and isinstance(m, FSDPModule)]
-    # FSDP2 takes as its root the first unit that runs forward: our estimators call the layers
-    # directly, so settle the root (the outermost units) before, as the root's forward would
-    inner = {id(m) for u in units for m in u.modules() if m is not u}
-    for u in units:
-        state = getattr(u, "_get_fsdp_state", lambda: None)()
-        if id(u) not in inner and hasattr(state, "_lazy_init"):
-            state._lazy_init()
-    saved = []
-    for u in units:
-        group = getattr(getattr(u, "_get_fsdp_state", lambda: None)(), "_fsdp_param_group", None)
-        saved.append((getattr(group, "post_forward_mesh_info", None), getattr(group, "reshard_after_backward", True),
-                      group))
-        u.unshard()
-        u.set_reshard_after_forward(False, recurse=False)
-        u.set_reshard_after_backward(False, recurse=False)
-    try:
-        yield module
-    finally:
-        for u, (post_forward, after_backward, group) in zip(units, saved):
-            if group is not None and hasattr(group, "post_forward_mesh_info"):
-                group.post_forward_mesh_info = post_forward
-                group.reshard_after_backward = after_backward
-            else:  # pragma: no cover - a torch whose FSDP2 state moved
-                u.set_reshard_after_forward(True, recurse=False)
-                u.set_reshard_after_backward(True, recurse=False)
-            u.reshard()
+    with sharded_full_parameters(module) as model:
+        yield model
 
 
 # --------------------------------------------------------------------------------------

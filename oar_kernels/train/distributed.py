@@ -144,30 +144,14 @@ def no_sync(wrapped, cfg: TrainConfig, dist: Dist, sync: bool):
 
 @contextlib.contextmanager
 def full_parameters(model, cfg: TrainConfig, dist: Dist):
-    """FSDP2: every shard unit's full parameters held for the block, with no collective inside it.
-
-    The importance functions call the embeddings, the decoder body and the LM head directly
-    (not through the root's forward, whose hooks gather the root's parameters), and run a
-    data-dependent number of forwards per process (batches are cut by token budgets), so
-    per-layer all-gathers inside them would not match across processes. One unshard of every
-    unit before (the same collectives on every process), no resharding inside, reshard after.
-    Memory: the whole model on each process during importance scoring.
-    """
+    """FSDP2 (--fsdp over several processes): every shard unit's full parameters held for the
+    block, with no collective inside it (importance.sharded.full_parameters: the importance
+    functions call the layers directly and run a data-dependent number of forwards per process).
+    Memory: the whole model on each process during importance scoring."""
     if not (dist.enabled and cfg.fsdp):
         yield
         return
-    from torch.distributed.fsdp import FSDPModule
+    from ..importance.sharded import full_parameters as sharded
 
-    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
-    for u in units:
-        u.unshard()
-        u.set_reshard_after_forward(False, recurse=False)
-        u.set_reshard_after_backward(False, recurse=False)
-    try:
+    with sharded(model):
         yield
-    finally:
-        for u in units:
-            # wrap_parallel's choice: layers reshard after forward, the root does not
-            u.set_reshard_after_forward(u is not model, recurse=False)
-            u.set_reshard_after_backward(True, recurse=False)
-            u.reshard()

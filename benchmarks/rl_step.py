@@ -76,12 +76,12 @@ def load_model(model: str, device: torch.device, dtype: str = "float32", log: Ca
 
 @contextlib.contextmanager
 def _timed_oar_parts(acc: Dict[str, float], device):
-    """Wraps trainer_weights.importance_fns / trainer_weights.bilevel_reshape so that the trainer's
+    """Wraps trainer_weights.score_segments / trainer_weights.bilevel_reshape so that the trainer's
     weigh_rollout reports the time of the importance function and of the reshape it calls
     (restored on exit)."""
     from oar_kernels.train import weights as trainer_weights
 
-    orig_fns, orig_reshape = trainer_weights.importance_fns, trainer_weights.bilevel_reshape
+    orig_score, orig_reshape = trainer_weights.score_segments, trainer_weights.bilevel_reshape
 
     def timed(fn, key):
         def wrapper(*a, **k):
@@ -90,15 +90,12 @@ def _timed_oar_parts(acc: Dict[str, float], device):
             return out
         return wrapper
 
-    def fns():
-        g, p = orig_fns()
-        return timed(g, "importance_fn"), timed(p, "importance_fn")
-
-    trainer_weights.importance_fns, trainer_weights.bilevel_reshape = fns, timed(orig_reshape, "reshape")
+    trainer_weights.score_segments = timed(orig_score, "importance_fn")
+    trainer_weights.bilevel_reshape = timed(orig_reshape, "reshape")
     try:
         yield
     finally:
-        trainer_weights.importance_fns, trainer_weights.bilevel_reshape = orig_fns, orig_reshape
+        trainer_weights.score_segments, trainer_weights.bilevel_reshape = orig_score, orig_reshape
 
 
 def _scored(batch, tokenizer, cfg):

@@ -296,7 +296,9 @@ def test_trl_answer_source_and_perturb_token(tok, model, monkeypatch, tmp_path):
         seen.update(kw)
         return torch.zeros(len(segments), 1), torch.zeros(len(segments), 1, dtype=torch.bool)
 
-    monkeypatch.setattr(oar, "perturbation_importance", spy)
+    from oar_kernels.importance import scoring
+
+    monkeypatch.setattr(scoring, "perturbation_importance", spy)  # what oar_importance calls
     OARGRPOTrainer.oar_importance(fake, segs)
     assert seen["perturb_token"] is None  # the estimator's rule: config pad, else EOS
     args.oar_perturb_token = 5

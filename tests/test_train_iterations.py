@@ -124,13 +124,13 @@ def test_num_iterations_in_a_run(tiny_model, tmp_path, monkeypatch):
     from oar_kernels.train import weights as weights_module
 
     calls = []
-    real = weights_module.importance_fns
+    real = weights_module.score_segments
 
-    def counted():
-        g, p = real()
-        return (lambda *a, **k: calls.append(1) or g(*a, **k)), p
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
 
-    monkeypatch.setattr(weights_module, "importance_fns", counted)
+    monkeypatch.setattr(weights_module, "score_segments", counted)
     out = tmp_path / "mu2"
     train(from_dict(settings(tiny_model, out, num_iterations=2, epsilon=0.01, learning_rate=1e-2,
                              oarg_step="separate")), **QUIET)

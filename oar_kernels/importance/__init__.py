@@ -13,6 +13,7 @@ from .._lazy import lazy_getattr
 _EXPORTS = {
     "perturbation_importance": ".perturbation",
     "gradient_importance": ".gradient",
+    "score_segments": ".scoring",  # either estimator by name, in eval mode: the trainer's and adapters' one call
     "OARGStep": ".step",
     "OARGOutput": ".step",
     "oarg_step": ".step",

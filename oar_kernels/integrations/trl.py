@@ -42,7 +42,8 @@ import torch
 from .._deps import check_supported_version, require_optional
 from ..answers import DEFAULT_EXTRACTOR, AnswerSpan
 from ..answers import resolve_extractor as _resolve_extractor
-from ..importance import MODES as _MODES, EvalMode
+from ..importance import MODES as _MODES
+from ..importance.scoring import score_segments
 from ..segments import DEFAULT_CONCLUDE_TEXT, Segments, build_scored_segments
 
 trl = require_optional("trl", "trl", "oar_kernels.integrations.trl")
@@ -296,19 +297,10 @@ class OARGRPOTrainer(GRPOTrainer):
         """
         args = self.args
         model = self.model  # the module TRL itself runs its extra forwards on (no DDP wrapper)
-        import oar_kernels as oar
-
-        kwargs = {} if args.oar_max_batch_tokens is None else {"max_batch_tokens": args.oar_max_batch_tokens}
-        with EvalMode(model):
-            if args.oar_algo == "oar-g":
-                return oar.gradient_importance(
-                    model, segments, mode=args.oar_pfinal_mode, noise_std=args.oar_noise_std,
-                    score=args.oar_score, generator=self._noise_generator(model), **kwargs,
-                )
-            with torch.no_grad():
-                return oar.perturbation_importance(
-                    model, segments, mode=args.oar_pfinal_mode, perturb_token=args.oar_perturb_token, **kwargs
-                )
+        return score_segments(model, segments, args.oar_algo, args.oar_pfinal_mode, noise_std=args.oar_noise_std,
+                              score=args.oar_score,
+                              generator=self._noise_generator(model) if args.oar_algo == "oar-g" else None,
+                              perturb_token=args.oar_perturb_token, max_batch_tokens=args.oar_max_batch_tokens)
 
     def oar_weights(self, batch, references: Optional[list] = None) -> Tuple[torch.Tensor, List[float]]:
         """OAR weights [B, T] (float32, on the batch's device) for the completions of `batch`.

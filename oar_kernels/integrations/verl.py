@@ -42,7 +42,8 @@ import torch
 from .._checks import check_choice, check_number
 from .._deps import check_supported_version, require_optional
 from ..answers import DEFAULT_EXTRACTOR, resolve_extractor
-from ..importance import MODES as PFINAL_MODES, EvalMode
+from ..importance import MODES as PFINAL_MODES
+from ..importance.scoring import score_segments
 from ..importance.sharded import full_parameters as sharded_full_parameters
 from ..importance.sharded import has_fsdp1_units
 from ..segments import DEFAULT_CONCLUDE_TEXT, SKIP_REASONS, build_scored_segments
@@ -272,7 +273,7 @@ def score_rows(model, tokenizer, prompts, responses, settings: OARSettings, nonz
     OAR-G or OAR-P and Bi-Level reshaped; the weights of their first R tokens (the reasoning
     prefix) are the Bi-Level weights, every other weight is 1.
     """
-    from oar_kernels import bilevel_reshape, gradient_importance, perturbation_importance
+    from oar_kernels import bilevel_reshape
 
     n = len(responses)
     config = getattr(model, "config", None)
@@ -289,16 +290,9 @@ def score_rows(model, tokenizer, prompts, responses, settings: OARSettings, nonz
         status[left_out] = STATUS.index(reason)
     if not rows:
         return weights, status, reasoning
-    kwargs = {} if settings.max_batch_tokens is None else {"max_batch_tokens": settings.max_batch_tokens}
-    with EvalMode(model):
-        if settings.algo == "oar-g":
-            scores, smask = gradient_importance(model, segments, mode=settings.pfinal_mode,
-                                                noise_std=settings.noise_std, score=settings.score,
-                                                generator=generator, **kwargs)
-        else:
-            with torch.no_grad():
-                scores, smask = perturbation_importance(model, segments, mode=settings.pfinal_mode,
-                                                        perturb_token=settings.perturb_token, **kwargs)
+    scores, smask = score_segments(model, segments, settings.algo, settings.pfinal_mode, noise_std=settings.noise_std,
+                                   score=settings.score, generator=generator, perturb_token=settings.perturb_token,
+                                   max_batch_tokens=settings.max_batch_tokens)
     w = bilevel_reshape(scores.float().cpu(), smask.cpu(), tau=settings.tau, beta=settings.beta, floor=settings.floor)
     for j, b in enumerate(rows):
         R = segments[j].num_reasoning

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Dict, List, Tuple
 import torch
 
 from .. import bilevel_reshape
+from ..importance.scoring import score_segments
 from ..segments import Segments, build_scored_segments
 from .config import TrainConfig
 from .distributed import Dist, full_parameters
@@ -20,14 +21,6 @@ from .generation import Rollout, SampledRow, derive_seed, prompts_per_call
 
 if TYPE_CHECKING:
     from .loop import Run
-
-
-def importance_fns():
-    """(gradient_importance, perturbation_importance): a function rather than an import so that
-    benchmarks/rl_step.py can wrap it to time the importance part of a step."""
-    from ..importance import gradient_importance, perturbation_importance
-
-    return gradient_importance, perturbation_importance
 
 
 def scored_segments(rows: List[SampledRow], adv, tokenizer, cfg, answers=None) -> Tuple[List[int], List[Segments]]:
@@ -81,17 +74,11 @@ def oar_weights(model, tokenizer, rows: List[SampledRow], adv, cfg, seed, stats,
     stats["oar_responses"] = float(len(picked))
     if not segs:
         return weights, reasoning
-    grad_fn, pert_fn = importance_fns()
-    mode = cfg.resolved_pfinal_mode()
-    model_was_training = model.training
-    model.eval()
-    if cfg.algo == "oar-g":
-        gen = torch.Generator().manual_seed(seed)
-        scores, smask = grad_fn(model, segs, mode=mode, noise_std=cfg.noise_std, score=cfg.saliency, generator=gen)
-    else:
-        scores, smask = pert_fn(model, segs, mode=mode, perturb_token=cfg.perturb_token,
-                                max_batch_tokens=cfg.max_batch_tokens)
-    model.train(model_was_training)
+    scores, smask = score_segments(
+        model, segs, cfg.algo, cfg.resolved_pfinal_mode(), noise_std=cfg.noise_std, score=cfg.saliency,
+        generator=torch.Generator().manual_seed(seed), perturb_token=cfg.perturb_token,
+        # the trainer's max_batch_tokens is OAR-P's option (its help); OAR-G keeps its own budget
+        max_batch_tokens=cfg.max_batch_tokens if cfg.algo == "oar-p" else None)
     w = bilevel_reshape(scores.float().cpu(), smask.cpu(), tau=cfg.tau, beta=cfg.oar_beta, floor=cfg.floor,
                         sum_to_len=cfg.sum_to_len)
     for j, i in enumerate(picked):

@@ -17,7 +17,6 @@ from torch.distributed.fsdp import fully_shard  # noqa: E402
 
 from oar_kernels.integrations.verl import OARSettings, full_parameters, score_rows  # noqa: E402
 from tiny_models import make_tokenizer  # noqa: E402
-import oar_kernels  # noqa: E402
 from verl_fixtures import LocalScorer, make_rows, tiny_policy, verl_batch  # noqa: E402
 
 
@@ -62,19 +61,21 @@ def main():
 
     # a sequence-parallel group of two: same batch on both ranks, each row scored on one of them
     scored = []
-    real = oar_kernels.perturbation_importance
+    from oar_kernels.importance import scoring  # what the worker's scoring calls
+
+    real = scoring.perturbation_importance
 
     def counting(model, segments, **kw):
         scored.append(len(segments))
         return real(model, segments, **kw)
 
-    oar_kernels.perturbation_importance = counting
+    scoring.perturbation_importance = counting
     settings = {"algo": "oar-p", "pfinal_mode": "last"}
     sp = SequenceParallelScorer(model=reference)
     sp.oar_configure(settings)
     batch = verl_batch(rows)
     out = sp.oar_score(batch)
-    oar_kernels.perturbation_importance = real
+    scoring.perturbation_importance = real
     alone = LocalScorer(model=reference)
     alone.oar_configure(settings)
     whole = alone.oar_score(batch)
